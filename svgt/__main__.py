@@ -1,0 +1,5 @@
+import sys
+
+from svgt.cli import main
+
+sys.exit(main())
