@@ -35,8 +35,10 @@ def cmd_backbone(params: Params, args: argparse.Namespace) -> None:
     from svgt.backbone import build_snapshot
 
     manifest = build_snapshot(params.backbone, args.out)
-    print(f"backbone snapshot {args.out}: {manifest.architecture}, {manifest.num_layers} layers, "
-          f"width {manifest.hidden_size}, sha256 {manifest.weights_sha256[:12]}")
+    print(
+        f"backbone snapshot {args.out}: {manifest.architecture}, {manifest.num_layers} layers, "
+        f"width {manifest.hidden_size}, sha256 {manifest.weights_sha256[:12]}"
+    )
 
 
 def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
@@ -51,36 +53,48 @@ def cmd_validate(params: Params, args: argparse.Namespace) -> None:
 
     result = validate_dataset(Path(args.data), params.validate, Path(args.reports))
     if not result.success:
-        raise StepFailed(f"validation of {args.data} failed ({len(result.failures)} problems); "
-                         f"report: {result.report_path}\n{format_failures(result)}")
+        raise StepFailed(
+            f"validation of {args.data} failed ({len(result.failures)} problems); "
+            f"report: {result.report_path}\n{format_failures(result)}"
+        )
     print(f"validation passed: {result.n_rows} rows; report: {result.report_path}")
 
 
 def cmd_extract(params: Params, args: argparse.Namespace) -> None:
     from svgt.extract import extract_hidden_states
 
-    _require_validation(Path(args.validation))
+    _require_validation(Path(args.validation), Path(args.data))
     summary = extract_hidden_states(Path(args.backbone), Path(args.data), params.extract, Path(args.out))
-    metrics = {"layer": summary.layer, "examples": summary.examples, "tokens": summary.tokens,
-               "tokens_per_second": round(summary.tokens_per_second, 1),
-               "wall_seconds": round(summary.wall_seconds, 1), "shards_written": summary.shards_written,
-               "shards_skipped": summary.shards_skipped, "prompts_truncated": summary.prompt_truncated,
-               "responses_truncated": summary.response_truncated}
+    metrics = {
+        "layer": summary.layer,
+        "examples": summary.examples,
+        "tokens": summary.tokens,
+        "tokens_per_second": round(summary.tokens_per_second, 1),
+        "wall_seconds": round(summary.wall_seconds, 1),
+        "shards_written": summary.shards_written,
+        "shards_skipped": summary.shards_skipped,
+        "prompts_truncated": summary.prompt_truncated,
+        "responses_truncated": summary.response_truncated,
+    }
     from svgt.io import write_json_atomic
 
     write_json_atomic(Path(args.metrics) / "extract.json", metrics)
     print(json.dumps(metrics))
 
 
-def _require_validation(report_dir: Path) -> None:
-    """Downstream steps refuse data whose validation did not pass (or never ran)."""
+def _require_validation(report_dir: Path, data: Path) -> None:
+    """Downstream steps refuse data whose validation did not pass, never ran, or validated other bytes."""
+    from svgt.io import sha256_file
+
     summary = report_dir / "validation_summary.json"
     try:
-        ok = json.loads(summary.read_text(encoding="utf-8")).get("success") is True
+        result = json.loads(summary.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StepFailed(f"{summary} not found: run `svgt validate` first") from None
-    if not ok:
+    if result.get("success") is not True:
         raise StepFailed(f"{summary} says validation failed: fix the data and rerun `svgt validate`")
+    if result.get("dataset_sha256") != sha256_file(data):
+        raise StepFailed(f"{summary} validated a different version of {data}: rerun `svgt validate`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("httpx", "urllib3", "filelock", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     t0 = time.perf_counter()

@@ -116,12 +116,17 @@ def encode_example(tokenizer: Any, prompt: str, response: str | None, cfg: Extra
     """
     p = encode_prompt(tokenizer, prompt, cfg.chat_template)
     r = encode_response(tokenizer, response) if response is not None else []
-    return EncodedExample(p[-cfg.max_prompt_tokens:], r[: cfg.max_response_tokens],
-                          len(p) > cfg.max_prompt_tokens, len(r) > cfg.max_response_tokens)
+    return EncodedExample(
+        p[-cfg.max_prompt_tokens :],
+        r[: cfg.max_response_tokens],
+        len(p) > cfg.max_prompt_tokens,
+        len(r) > cfg.max_response_tokens,
+    )
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int,
-              padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -133,8 +138,9 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int,
 
 
 @torch.no_grad()
-def batch_hidden_states(adapter: LayerAdapter, sequences: Sequence[Sequence[int]], layer: int,
-                        pad_id: int, padding_side: str = "right") -> list[torch.Tensor]:
+def batch_hidden_states(
+    adapter: LayerAdapter, sequences: Sequence[Sequence[int]], layer: int, pad_id: int, padding_side: str = "right"
+) -> list[torch.Tensor]:
     """Layer-``layer`` states of each sequence, unpadded: a list of [len_i, d] tensors."""
     device = next(adapter.model.parameters()).device
     ids, mask = pad_batch(sequences, pad_id, padding_side)
@@ -142,15 +148,22 @@ def batch_hidden_states(adapter: LayerAdapter, sequences: Sequence[Sequence[int]
     out = []
     for i, seq in enumerate(sequences):
         n, width = len(seq), ids.shape[1]
-        rows = hidden[i, width - n:] if padding_side == "left" else hidden[i, :n]
+        rows = hidden[i, width - n :] if padding_side == "left" else hidden[i, :n]
         out.append(rows.float().cpu())
     return out
 
 
 def _fingerprint(spec: ShardSpec, manifest: BackboneManifest, layer: int, cfg: ExtractConfig) -> str:
     h = hashlib.sha256()
-    meta = [manifest.weights_sha256, layer, cfg.dtype, cfg.max_prompt_tokens, cfg.max_response_tokens,
-            cfg.chat_template, FORMAT]
+    meta = [
+        manifest.weights_sha256,
+        layer,
+        cfg.dtype,
+        cfg.max_prompt_tokens,
+        cfg.max_response_tokens,
+        cfg.chat_template,
+        FORMAT,
+    ]
     h.update(json.dumps(meta).encode())
     for row in zip(spec.ids, spec.prompts, spec.responses, strict=True):
         h.update(json.dumps(row).encode())
@@ -165,15 +178,16 @@ def _existing_fingerprint(path: Path) -> str | None:
         return None
 
 
-def compute_shard(spec: ShardSpec, adapter: LayerAdapter, tokenizer: Any, layer: int,
-                  cfg: ExtractConfig) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def compute_shard(
+    spec: ShardSpec, adapter: LayerAdapter, tokenizer: Any, layer: int, cfg: ExtractConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """All tensors of one shard, rows in ``spec`` order; batches sorted by length to cut padding."""
     encoded = [encode_example(tokenizer, p, r, cfg) for p, r in zip(spec.prompts, spec.responses, strict=True)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + len(encoded[i].response_ids))
     states: list[torch.Tensor | None] = [None] * len(encoded)
     for start in range(0, len(order), cfg.batch_size):
-        batch = order[start:start + cfg.batch_size]
+        batch = order[start : start + cfg.batch_size]
         seqs = [encoded[i].prompt_ids + encoded[i].response_ids for i in batch]
         for i, h in zip(batch, batch_hidden_states(adapter, seqs, layer, pad_id), strict=True):
             states[i] = h
@@ -193,39 +207,70 @@ def compute_shard(spec: ShardSpec, adapter: LayerAdapter, tokenizer: Any, layer:
     d = adapter.hidden_size
     tensors = {
         "prompt_states": torch.cat(prompt_parts).to(dtype).contiguous(),
-        "response_states": (torch.cat(response_parts) if response_parts else torch.zeros(0, d)).to(dtype)
-        .contiguous(),
+        "response_states": (torch.cat(response_parts) if response_parts else torch.zeros(0, d)).to(dtype).contiguous(),
         "pooled": torch.stack(pooled).to(dtype).contiguous(),
         "prompt_offsets": torch.tensor(p_off, dtype=torch.long),
         "response_offsets": torch.tensor(r_off, dtype=torch.long),
     }
-    stats = {"prompt_tokens": p_off[-1], "response_tokens": r_off[-1],
-             "prompt_truncated": sum(e.prompt_truncated for e in encoded),
-             "response_truncated": sum(e.response_truncated for e in encoded)}
+    stats = {
+        "prompt_tokens": p_off[-1],
+        "response_tokens": r_off[-1],
+        "prompt_truncated": sum(e.prompt_truncated for e in encoded),
+        "response_truncated": sum(e.response_truncated for e in encoded),
+    }
     return tensors, stats
 
 
-def run_shard(spec: ShardSpec, adapter: LayerAdapter, tokenizer: Any, manifest: BackboneManifest,
-              layer: int, cfg: ExtractConfig, out_dir: Path) -> ShardResult:
+def run_shard(
+    spec: ShardSpec,
+    adapter: LayerAdapter,
+    tokenizer: Any,
+    manifest: BackboneManifest,
+    layer: int,
+    cfg: ExtractConfig,
+    out_dir: Path,
+) -> ShardResult:
     """Compute and atomically write one shard, or skip it if an identical one is already there."""
     path = out_dir / spec.file
     fingerprint = _fingerprint(spec, manifest, layer, cfg)
     if path.exists() and _existing_fingerprint(path) == fingerprint:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
-        return ShardResult(spec.file, spec.split, len(spec.ids), int(meta["prompt_tokens"]),
-                           int(meta["response_tokens"]), int(meta["prompt_truncated"]),
-                           int(meta["response_truncated"]), sha256_file(path), True, 0.0)
+        return ShardResult(
+            spec.file,
+            spec.split,
+            len(spec.ids),
+            int(meta["prompt_tokens"]),
+            int(meta["response_tokens"]),
+            int(meta["prompt_truncated"]),
+            int(meta["response_truncated"]),
+            sha256_file(path),
+            True,
+            0.0,
+        )
     t0 = time.perf_counter()
     tensors, stats = compute_shard(spec, adapter, tokenizer, layer, cfg)
     seconds = time.perf_counter() - t0
-    meta = {"fingerprint": fingerprint, "split": spec.split, "layer": str(layer),
-            **{k: str(v) for k, v in stats.items()}}
+    meta = {
+        "fingerprint": fingerprint,
+        "split": spec.split,
+        "layer": str(layer),
+        **{k: str(v) for k, v in stats.items()},
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-    return ShardResult(spec.file, spec.split, len(spec.ids), stats["prompt_tokens"], stats["response_tokens"],
-                       stats["prompt_truncated"], stats["response_truncated"], sha256_file(path), False,
-                       seconds)
+    return ShardResult(
+        spec.file,
+        spec.split,
+        len(spec.ids),
+        stats["prompt_tokens"],
+        stats["response_tokens"],
+        stats["prompt_truncated"],
+        stats["response_truncated"],
+        sha256_file(path),
+        False,
+        seconds,
+    )
 
 
 def plan_shards(frame: pd.DataFrame, shard_size: int) -> list[ShardSpec]:
@@ -233,15 +278,19 @@ def plan_shards(frame: pd.DataFrame, shard_size: int) -> list[ShardSpec]:
     for split in SPLITS:
         part = frame[frame["split"] == split]
         for number, start in enumerate(range(0, len(part), shard_size)):
-            chunk = part.iloc[start:start + shard_size]
+            chunk = part.iloc[start : start + shard_size]
             responses = [None if pd.isna(r) else str(r) for r in chunk["response"]]
-            specs.append(ShardSpec(split, number, chunk["id"].astype(str).tolist(),
-                                   chunk["prompt"].astype(str).tolist(), responses))
+            specs.append(
+                ShardSpec(
+                    split, number, chunk["id"].astype(str).tolist(), chunk["prompt"].astype(str).tolist(), responses
+                )
+            )
     return specs
 
 
-def extract_hidden_states(snapshot_dir: str | Path, data_path: str | Path, cfg: ExtractConfig,
-                          out_dir: str | Path, progress: bool = True) -> ExtractionSummary:
+def extract_hidden_states(
+    snapshot_dir: str | Path, data_path: str | Path, cfg: ExtractConfig, out_dir: str | Path, progress: bool = True
+) -> ExtractionSummary:
     """Extract layer-l* states for every split of the canonical dataset into ``out_dir``."""
     t_start = time.perf_counter()
     snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
@@ -254,8 +303,15 @@ def extract_hidden_states(snapshot_dir: str | Path, data_path: str | Path, cfg: 
     for stale in out_dir.glob("*.safetensors"):  # shards of an older plan would confuse readers
         if stale.name not in expected:
             stale.unlink()
-    log.info("extracting layer %d of %d (%s, width %d) for %d rows in %d shards", layer,
-             manifest.num_layers, manifest.architecture, manifest.hidden_size, len(frame), len(specs))
+    log.info(
+        "extracting layer %d of %d (%s, width %d) for %d rows in %d shards",
+        layer,
+        manifest.num_layers,
+        manifest.architecture,
+        manifest.hidden_size,
+        len(frame),
+        len(specs),
+    )
     if cfg.workers > 1:
         from svgt.extract_ray import run_shards_on_ray
 
@@ -263,18 +319,26 @@ def extract_hidden_states(snapshot_dir: str | Path, data_path: str | Path, cfg: 
     else:
         model, tokenizer, _ = load_snapshot(snapshot_dir, device=cfg.device)
         adapter = LayerAdapter(model)
-        results = [run_shard(spec, adapter, tokenizer, manifest, layer, cfg, out_dir)
-                   for spec in tqdm(specs, desc="extract shards", unit="shard", disable=not progress)]
+        results = [
+            run_shard(spec, adapter, tokenizer, manifest, layer, cfg, out_dir)
+            for spec in tqdm(specs, desc="extract shards", unit="shard", disable=not progress)
+        ]
     summary = _summarise(results, layer, manifest, cfg, time.perf_counter() - t_start)
     _write_index(out_dir, specs, results, manifest, layer, cfg, data_path, frame, summary)
-    log.info("extracted %d tokens in %.1fs compute (%.0f tokens/s); %d shards written, %d skipped",
-             summary.tokens, summary.compute_seconds, summary.tokens_per_second, summary.shards_written,
-             summary.shards_skipped)
+    log.info(
+        "extracted %d tokens in %.1fs compute (%.0f tokens/s); %d shards written, %d skipped",
+        summary.tokens,
+        summary.compute_seconds,
+        summary.tokens_per_second,
+        summary.shards_written,
+        summary.shards_skipped,
+    )
     return summary
 
 
-def _summarise(results: list[ShardResult], layer: int, manifest: BackboneManifest, cfg: ExtractConfig,
-               wall: float) -> ExtractionSummary:
+def _summarise(
+    results: list[ShardResult], layer: int, manifest: BackboneManifest, cfg: ExtractConfig, wall: float
+) -> ExtractionSummary:
     s = ExtractionSummary(layer=layer, hidden_size=manifest.hidden_size, dtype=cfg.dtype, wall_seconds=wall)
     for r in results:
         s.examples[r.split] = s.examples.get(r.split, 0) + r.n
@@ -288,9 +352,17 @@ def _summarise(results: list[ShardResult], layer: int, manifest: BackboneManifes
     return s
 
 
-def _write_index(out_dir: Path, specs: list[ShardSpec], results: list[ShardResult],
-                 manifest: BackboneManifest, layer: int, cfg: ExtractConfig, data_path: str | Path,
-                 frame: pd.DataFrame, summary: ExtractionSummary) -> None:
+def _write_index(
+    out_dir: Path,
+    specs: list[ShardSpec],
+    results: list[ShardResult],
+    manifest: BackboneManifest,
+    layer: int,
+    cfg: ExtractConfig,
+    data_path: str | Path,
+    frame: pd.DataFrame,
+    summary: ExtractionSummary,
+) -> None:
     splits: dict[str, Any] = {s: {"n": 0, "prompt_tokens": 0, "response_tokens": 0, "shards": []} for s in SPLITS}
     for spec, res in zip(specs, results, strict=True):
         entry = splits[spec.split]
@@ -300,18 +372,24 @@ def _write_index(out_dir: Path, specs: list[ShardSpec], results: list[ShardResul
         entry["shards"].append({"file": res.file, "n": res.n, "sha256": res.sha256, "ids": spec.ids})
     index = {
         "format": FORMAT,
-        "backbone": {"source": manifest.source, "weights_sha256": manifest.weights_sha256,
-                     "architecture": manifest.architecture, "num_layers": manifest.num_layers},
+        "backbone": {
+            "source": manifest.source,
+            "weights_sha256": manifest.weights_sha256,
+            "architecture": manifest.architecture,
+            "num_layers": manifest.num_layers,
+        },
         "layer": layer,
         "layer_semantics": "output of decoder block `layer` (1-based), before later blocks and the final norm",
         "hidden_size": manifest.hidden_size,
         "dtype": cfg.dtype,
         "chat_template": cfg.chat_template and manifest.has_chat_template,
-        "truncation": {"rule": "prompts keep their last max_prompt_tokens, responses their first "
-                               "max_response_tokens", "max_prompt_tokens": cfg.max_prompt_tokens,
-                       "max_response_tokens": cfg.max_response_tokens,
-                       "prompts_truncated": summary.prompt_truncated,
-                       "responses_truncated": summary.response_truncated},
+        "truncation": {
+            "rule": "prompts keep their last max_prompt_tokens, responses their first max_response_tokens",
+            "max_prompt_tokens": cfg.max_prompt_tokens,
+            "max_response_tokens": cfg.max_response_tokens,
+            "prompts_truncated": summary.prompt_truncated,
+            "responses_truncated": summary.response_truncated,
+        },
         "data": {"path": str(data_path), "sha256": sha256_file(data_path), "rows": len(frame)},
         "tensors": TENSOR_DOCS,
         "splits": splits,
@@ -369,5 +447,9 @@ class HiddenStateStore:
             t = self.load_shard(entry)
             po, ro = t["prompt_offsets"].tolist(), t["response_offsets"].tolist()
             for i, example_id in enumerate(entry["ids"]):
-                yield ExtractedExample(example_id, t["prompt_states"][po[i]:po[i + 1]],
-                                       t["response_states"][ro[i]:ro[i + 1]], t["pooled"][i])
+                yield ExtractedExample(
+                    example_id,
+                    t["prompt_states"][po[i] : po[i + 1]],
+                    t["response_states"][ro[i] : ro[i + 1]],
+                    t["pooled"][i],
+                )

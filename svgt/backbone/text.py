@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_SLOT = "\uE000svgt-user-content\uE001"  # private-use characters never occur in real prompts
+_SLOT = "\ue000svgt-user-content\ue001"  # private-use characters never occur in real prompts
 
 
 def _text_ids(tokenizer: Any, text: str) -> list[int]:
@@ -23,8 +23,9 @@ def uses_chat_template(tokenizer: Any, requested: bool) -> bool:
     return requested and bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode_prompt(tokenizer: Any, prompt: str, chat_template: bool = True,
-                  system_prompt: str | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer: Any, prompt: str, chat_template: bool = True, system_prompt: str | None = None
+) -> list[int]:
     """Token ids of a user turn ready for the assistant's answer.
 
     With a chat template the template is rendered around a placeholder and only the template's own

@@ -1,0 +1,229 @@
+"""Drive a frozen causal LM block by block, with explicit positions, masks and a KV cache.
+
+Guided decoding needs to run the lower blocks (1..l*) and the upper blocks (l*+1..L) on *different*
+sequences with different position ids, which ``model.forward`` cannot express. ``BlockRunner`` exposes
+the four pieces it needs, each driven through the model's own modules (no forward is copied):
+
+* ``embed``: the input of block 1. The model's own forward is run with the given ids and position ids
+  and stopped by a pre-hook on block 1, so whatever the architecture does before its blocks (token
+  embedding, GPT-2's learned ``wpe`` position embedding, embedding scaling, dropout) is applied by the
+  model itself. The same capture yields the keyword arguments the model passes to its blocks: when it
+  passes ``position_embeddings`` (rotary cos/sin, computed by its ``rotary_emb``) we reuse them, so RoPE
+  comes from the model's rotary module for any position ids we choose.
+* ``run_blocks``: a contiguous range of decoder blocks, called with keyword arguments (hidden states,
+  4D mask from ``transformers.masking_utils``, position ids, rotary embeddings, a ``DynamicCache``).
+* ``logits``: final norm then LM head. The final norm is found by data flow, not by name: during one
+  probe forward it is the module that receives the last block's output tensor. The head is
+  ``get_output_embeddings()``; the probe checks that norm + head reproduce the model's logits, so a model
+  that post-processes logits (soft-capping, scaling) is refused instead of silently mis-scored.
+
+All architecture-specific knowledge lives in ``_probe`` and ``_mask_builders`` below.
+
+Cache: a config-less ``DynamicCache`` keeps every layer as a plain, croppable ``DynamicLayer``; sliding
+window attention (Mistral) is applied by the mask instead of by evicting keys, so any layer can be
+cropped back to the prompt at a bridge refresh, at the cost of keeping keys beyond the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from svgt.backbone.adapter import LayerAdapter
+
+MaskBuilder = Callable[..., Any]
+PositionEmbeddings = tuple[torch.Tensor, ...] | None
+
+# the layer kinds whose masks we know how to build; anything else (chunked, linear attention...) is refused
+_MASK_BY_LAYER_TYPE: dict[str, MaskBuilder] = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+
+class RunnerError(RuntimeError):
+    """The backbone does not fit the block-by-block runner."""
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass early."""
+
+
+def _mask_builders(config: Any, num_layers: int) -> list[MaskBuilder]:
+    """One masking_utils builder per decoder layer, chosen as ``create_masks_for_generate`` does.
+
+    We cannot call ``create_masks_for_generate`` itself: the lower and upper blocks hold caches of
+    different lengths, so every mask must be sized against an explicit ``layer_idx``.
+    """
+    text_config = config.get_text_config()
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is None:
+        sliding = getattr(text_config, "sliding_window", None) is not None
+        layer_types = ["sliding_attention" if sliding else "full_attention"] * num_layers
+    unknown = sorted(set(layer_types) - set(_MASK_BY_LAYER_TYPE))
+    if unknown:
+        raise RunnerError(f"unsupported attention layer types {unknown}")
+    return [_MASK_BY_LAYER_TYPE[t] for t in layer_types[:num_layers]]
+
+
+@dataclass(frozen=True)
+class _ProbeResult:
+    final_norm: nn.Module
+    has_position_embeddings: bool
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+@torch.no_grad()
+def _probe(model: PreTrainedModel, layers: nn.ModuleList, device: torch.device) -> _ProbeResult:
+    """One 2-token forward that discovers the final norm and whether blocks receive rotary embeddings."""
+    inside_blocks = {id(m) for m in layers.modules()}
+    ancestors = {id(m) for m in model.modules() if any(c is layers for c in m.modules())}
+    candidates = [m for m in model.modules() if id(m) not in inside_blocks and id(m) not in ancestors]
+    seen: dict[str, Any] = {"receivers": []}
+
+    def on_first_block(_m: nn.Module, _args: tuple, kwargs: dict) -> None:
+        seen["block_kwargs"] = set(kwargs)
+
+    def on_last_block(_m: nn.Module, _args: tuple, output: Any) -> None:
+        seen["last"] = output[0] if isinstance(output, tuple) else output
+
+    def make_receiver_hook(module: nn.Module) -> Callable:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            # identity, not equality: the norm is the module that consumes the very tensor block L returned
+            if "last" in seen and _first_tensor(args, kwargs) is seen["last"]:
+                seen["receivers"].append(module)
+        return hook
+
+    handles = [layers[0].register_forward_pre_hook(on_first_block, with_kwargs=True),
+               layers[-1].register_forward_hook(on_last_block)]
+    handles += [m.register_forward_pre_hook(make_receiver_hook(m), with_kwargs=True) for m in candidates]
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    try:
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen["receivers"]:
+        raise RunnerError(f"{type(model).__name__}: no module consumes the last block's output directly")
+    norm = seen["receivers"][0]  # pre-hooks fire outermost first: a wrapper around the norm would come first
+    head = model.get_output_embeddings()
+    if head is None:
+        raise RunnerError(f"{type(model).__name__} has no output embeddings (LM head)")
+    if not torch.allclose(head(norm(seen["last"])).float(), out.logits.float(), atol=1e-4, rtol=1e-4):
+        raise RunnerError(f"{type(model).__name__} post-processes its logits beyond norm + LM head")
+    return _ProbeResult(final_norm=norm, has_position_embeddings="position_embeddings" in seen["block_kwargs"])
+
+
+class BlockRunner:
+    """Embed, run decoder block ranges with a shared ``DynamicCache``, and project to logits.
+
+    Block indices are 0-based and half-open (``run_blocks(h, 0, l)`` runs blocks 1..l). ``attention_mask``
+    is always the 2D padding mask over *everything the block range sees*: cached keys plus the new
+    queries, shape [B, cache_len + q_len]; the causal, padding and sliding-window structure is then
+    built by transformers for the model's attention implementation.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.adapter = LayerAdapter(model)
+        self.layers = self.adapter.decoder_layers()
+        self.num_layers = self.adapter.num_layers
+        self.hidden_size = self.adapter.hidden_size
+        self.config = model.config.get_text_config()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._mask_builders = _mask_builders(model.config, self.num_layers)
+        probe = _probe(model, self.layers, self.device)
+        self.final_norm = probe.final_norm
+        self.lm_head = model.get_output_embeddings()
+        self.uses_position_embeddings = probe.has_position_embeddings
+
+    @staticmethod
+    def new_cache() -> DynamicCache:
+        return DynamicCache()
+
+    @torch.no_grad()
+    def _prologue(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, PositionEmbeddings]:
+        """Run the model's own forward up to block 1; return block 1's input and its rotary embeddings."""
+        captured: dict[str, Any] = {}
+
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+            captured["pe"] = kwargs.get("position_embeddings")
+            raise _Stop
+
+        handle = self.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            # an all-ones mask: padding is irrelevant to embeddings and silences the padding warning
+            self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                       position_ids=position_ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if "hidden" not in captured:
+            raise RunnerError("block 1 never ran during the embedding pass")
+        return captured["hidden"], captured["pe"]
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Input of block 1 for tokens at the given (lower-block) positions: [B, T, d]."""
+        return self._prologue(input_ids, position_ids)[0]
+
+    def position_embeddings(self, position_ids: torch.Tensor) -> PositionEmbeddings:
+        """Rotary (cos, sin) for arbitrary position ids, from the model's rotary module; None without RoPE."""
+        if not self.uses_position_embeddings:
+            return None
+        # token ids do not influence rotary embeddings, any valid id will do
+        return self._prologue(torch.zeros_like(position_ids), position_ids)[1]
+
+    def _mask(self, builder: MaskBuilder, hidden: torch.Tensor, attention_mask: torch.Tensor,
+              cache: DynamicCache | None, position_ids: torch.Tensor, layer_idx: int) -> Any:
+        return builder(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                       past_key_values=cache, position_ids=position_ids, layer_idx=layer_idx)
+
+    @torch.no_grad()
+    def run_blocks(self, hidden: torch.Tensor, start: int, stop: int, *, position_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, cache: DynamicCache | None = None,
+                   position_embeddings: PositionEmbeddings = None) -> torch.Tensor:
+        """Run blocks ``start..stop-1`` (0-based) on ``hidden`` [B, q, d]; the cache is appended in place."""
+        if not 0 <= start <= stop <= self.num_layers:
+            raise RunnerError(f"block range {start}..{stop} outside 0..{self.num_layers}")
+        if position_embeddings is None:
+            position_embeddings = self.position_embeddings(position_ids)
+        masks: dict[MaskBuilder, Any] = {}
+        for i in range(start, stop):
+            builder = self._mask_builders[i]
+            if builder not in masks:
+                # built before block i appends to its cache, so it is sized for this block range
+                masks[builder] = self._mask(builder, hidden, attention_mask, cache, position_ids, i)
+            kwargs: dict[str, Any] = {"attention_mask": masks[builder], "position_ids": position_ids,
+                                      "past_key_values": cache, "use_cache": cache is not None}
+            if position_embeddings is not None:
+                kwargs["position_embeddings"] = position_embeddings
+            out = self.layers[i](hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head on the output of the last block."""
+        return self.lm_head(self.final_norm(hidden))
+
+    def crop_layers(self, cache: DynamicCache, start: int, length: int) -> None:
+        """Crop the caches of blocks ``start..L-1`` back to their first ``length`` positions."""
+        for layer in cache.layers[start:]:
+            excess = layer.get_seq_length() - length
+            if excess > 0:
+                layer.crop(-excess)  # transformers 5: a negative count of tokens to drop

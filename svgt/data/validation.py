@@ -1,0 +1,623 @@
+"""The data validation gate (``svgt validate``) built on Great Expectations (GX Core 1.x).
+
+One canonical Parquet file goes in; a :class:`ValidationResult` comes out, together with a GX Data
+Docs site under ``report_dir/data_docs`` and ``report_dir/validation_summary.json`` (written on every
+run, pass or fail, including runs where the file cannot be read).
+
+How the checks are run:
+
+* The file is read with pyarrow first. A missing, truncated or corrupt file, or string columns holding
+  bytes that are not valid UTF-8, raise :class:`DataValidationError` naming the file (and the column
+  and row ids for bad UTF-8): there is nothing meaningful to validate.
+* Everything else is an expectation in one GX suite, run by a checkpoint on an ephemeral context
+  whose Data Docs site writes HTML under ``report_dir``. Checks GX has no built-in expectation for
+  (prompt leakage across splits, per-stage minimums and class balance) are computed in pandas as
+  extra derived columns (``_prompt_split_count``, ``_stage1_rows``, ``_stage1_class`` ...) that
+  ordinary GX expectations then check, so they appear in the same suite and the same Data Docs page.
+  (``UnexpectedRowsExpectation`` has SQL and Spark metrics only; it cannot run on a pandas source.)
+* A column that is missing or has the wrong type fails ``ExpectColumnToExist`` / the type
+  expectation; the value checks that depend on it are not added to the suite (GX would only raise
+  "column does not exist"), and the failure message lists them as skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from svgt.config import StageMinimums, ValidateConfig
+from svgt.data.schema import (
+    CANONICAL_SCHEMA,
+    COLUMNS,
+    LABEL_COLUMNS,
+    LABEL_VALUES,
+    SPLITS,
+    normalize_prompt,
+)
+from svgt.io import atomic_dir, sha256_file, write_json_atomic
+
+# GX reads these when it is imported: no usage statistics, no network calls.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+SUMMARY_NAME = "validation_summary.json"
+DOCS_DIR = "data_docs"
+SITE_NAME = "svgt_data_docs"
+SUITE_NAME = "svgt_canonical_dataset"
+MAX_EXAMPLES = 5
+
+# nullable=False in the canonical schema
+_NOT_NULL_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if not f.nullable)
+_NULLABLE_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if f.nullable)
+# GX's pandas type check compares the column dtype against these names (pandas nullable integers:
+# labels are read with pyarrow's types_mapper so int8-with-nulls does not become float64).
+_INT_DTYPES = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
+_LABEL_TYPE_LIST = [f"{name}Dtype" for name in _INT_DTYPES]
+_TEXT_TYPE_LIST = ["str"]
+_ARROW_TO_PANDAS_INT = {getattr(pa, name.lower())(): getattr(pd, f"{name}Dtype")() for name in _INT_DTYPES}
+
+
+class DataValidationError(ValueError):
+    """The dataset cannot be validated at all (unreadable file, undecodable text)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    expectation: str  # GX expectation type (snake_case) or an svgt pseudo-expectation for read errors
+    column: str | None  # None for table-level checks
+    unexpected_count: int  # offending rows (0 where the check is about an aggregate)
+    example_ids: list[str]  # up to MAX_EXAMPLES offending row ids
+    message: str  # one line, starts with "FAILED"
+
+
+@dataclass
+class ValidationResult:
+    success: bool
+    failures: list[Failure]
+    n_rows: int
+    report_path: Path | None  # Data Docs index.html
+    skipped: list[str] = field(default_factory=list)  # checks not run because their column is unusable
+    summary_path: Path | None = None
+    seconds: float = 0.0
+
+
+def format_failures(result: ValidationResult) -> str:
+    """A short human-readable verdict: one line per failure."""
+    if result.success:
+        return f"PASSED: {result.n_rows} rows, all checks passed (report: {result.report_path})"
+    lines = [f.message for f in result.failures]
+    lines.append(f"{len(result.failures)} check(s) failed on {result.n_rows} rows (report: {result.report_path})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_canonical(parquet_path: Path) -> pa.Table:
+    """Read the file and prove its text decodes; raise DataValidationError naming the file otherwise."""
+    path = Path(parquet_path)
+    if not path.exists():
+        raise DataValidationError(f"{path}: file not found")
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise DataValidationError(f"{path}: not a readable Parquet file ({err})") from err
+    _check_utf8(path, table)
+    return table
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+def _check_utf8(path: Path, table: pa.Table) -> None:
+    """pyarrow does not validate UTF-8 when reading Parquet; decoding fails later, far from the cause."""
+    problems = []
+    for name, typ in zip(table.column_names, table.schema.types, strict=True):
+        if not _is_text(typ):
+            continue
+        column = table.column(name)
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        try:  # string -> binary reinterprets the bytes and never validates them
+            raw = column.cast(pa.large_binary()).to_pylist()
+        except pa.ArrowException:
+            problems.append(f"column '{name}': holds bytes that are not valid UTF-8")
+            continue
+        bad = []
+        for i, value in enumerate(raw):
+            if value is None:
+                continue
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(i)
+        if bad:
+            ids = _row_labels(table, bad[:MAX_EXAMPLES])
+            problems.append(
+                f"column '{name}': {len(bad)} rows hold bytes that are not valid UTF-8 (e.g. ids {', '.join(ids)})"
+            )
+    if problems:
+        raise DataValidationError(f"{path}: " + "; ".join(problems))
+
+
+def _row_labels(table: pa.Table, rows: list[int]) -> list[str]:
+    if "id" in table.column_names and _is_text(table.schema.field("id").type):
+        raw = table.column("id").cast(pa.large_binary()).take(rows).to_pylist()
+        return [f"row {r}" if v is None else v.decode("utf-8", "replace") for r, v in zip(rows, raw, strict=True)]
+    return [f"row {r}" for r in rows]
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    df = table.to_pandas(types_mapper=_ARROW_TO_PANDAS_INT.get)
+    for name, typ in zip(table.column_names, table.schema.types, strict=True):
+        # object dtype of Python str: GX's pandas type check then inspects values ("str"), and the
+        # pandas 3 "str" dtype would not match any GX type name.
+        if _is_text(typ):
+            df[name] = pd.Series(table.column(name).to_pylist(), index=df.index, dtype=object)
+    return df
+
+
+# ------------------------------------------------------------------------------------------- the suite
+
+
+@dataclass
+class _Check:
+    key: str
+    expectation: Any  # a gx.expectations.* instance
+    column: str | None
+    describe: Callable[[dict[str, Any], list[str]], str]  # (GX result dict, example ids) -> message tail
+
+
+@dataclass
+class _Plan:
+    frame: pd.DataFrame  # what GX validates: the data plus derived check columns
+    index_column: str  # column GX reports unexpected rows by
+    checks: list[_Check] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # column -> checks skipped because of it
+
+
+def _fmt_set(values: tuple) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def _ids(ids: list[str]) -> str:
+    return f" (e.g. ids {', '.join(ids)})" if ids else ""
+
+
+def _rows(result: dict[str, Any], what: str, ids: list[str]) -> str:
+    return f"{result.get('unexpected_count', 0)} rows {what}{_ids(ids)}"
+
+
+def _build_plan(df: pd.DataFrame, table: pa.Table, cfg: ValidateConfig) -> _Plan:
+    import great_expectations as gx
+
+    gxe = gx.expectations
+    types = dict(zip(table.column_names, table.schema.types, strict=True))
+    frame = df.copy()
+    present = set(frame.columns)
+
+    def usable(column: str) -> bool:
+        if column not in present:
+            return False
+        typ = types[column]
+        if pa.types.is_null(typ) and column in _NULLABLE_COLUMNS:  # an all-null column written untyped
+            return True
+        return pa.types.is_integer(typ) if column in LABEL_COLUMNS else _is_text(typ)
+
+    if usable("id") and not frame["id"].isna().any():
+        index_column = "id"
+    else:
+        index_column = "_row"
+        base = frame["id"] if "id" in present else pd.Series(None, index=frame.index, dtype=object)
+        frame[index_column] = [
+            f"row {i}" if pd.isna(v) else str(v) for i, v in zip(range(len(frame)), base, strict=True)
+        ]
+    plan = _Plan(frame=frame, index_column=index_column)
+
+    def add(key: str, expectation: Any, column: str | None, describe: Callable) -> None:
+        expectation.meta = {"svgt_check": key}
+        plan.checks.append(_Check(key, expectation, column, describe))
+
+    def needs(columns: tuple[str, ...], name: str) -> bool:
+        missing = [c for c in columns if not usable(c)]
+        for c in missing:
+            plan.skipped.setdefault(c, []).append(name)
+        return not missing
+
+    # -- table level
+    add(
+        "row_count",
+        gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows),
+        None,
+        lambda r, ids: f"table: {r.get('observed_value')} rows, expected at least {cfg.min_rows}",
+    )
+
+    # -- columns exist and have the canonical types
+    for column in COLUMNS:
+        add(
+            f"exists:{column}",
+            gxe.ExpectColumnToExist(column=column),
+            column,
+            lambda r, ids, c=column: f"column '{c}': missing (expected {_expected_type(c)})",
+        )
+        if column not in present:
+            continue
+        type_list = _LABEL_TYPE_LIST if column in LABEL_COLUMNS else _TEXT_TYPE_LIST
+        add(
+            f"type:{column}",
+            gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=type_list),
+            column,
+            lambda r, ids, c=column: _describe_type(c, types[c], r, ids),
+        )
+
+    # -- values
+    for column in _NOT_NULL_COLUMNS:
+        if needs((column,), "not null"):
+            add(
+                f"not_null:{column}",
+                gxe.ExpectColumnValuesToNotBeNull(column=column),
+                column,
+                lambda r, ids, c=column: f"column '{c}': " + _rows(r, "are null", ids),
+            )
+    for column in LABEL_COLUMNS:
+        if needs((column,), f"values in {_fmt_set(LABEL_VALUES)}"):
+            add(
+                f"in_set:{column}",
+                gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(LABEL_VALUES)),
+                column,
+                lambda r, ids, c=column: (
+                    f"column '{c}': " + _rows(r, f"with values outside {_fmt_set(LABEL_VALUES)}", ids)
+                ),
+            )
+    if needs(("split",), f"values in {_fmt_set(SPLITS)}"):
+        add(
+            "in_set:split",
+            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+            "split",
+            lambda r, ids: "column 'split': " + _rows(r, f"with values outside {_fmt_set(SPLITS)}", ids),
+        )
+    if needs(("prompt",), "non-blank"):
+        add(
+            "nonblank:prompt",
+            gxe.ExpectColumnValuesToMatchRegex(column="prompt", regex=r"\S"),
+            "prompt",
+            lambda r, ids: "column 'prompt': " + _rows(r, "are empty or whitespace-only", ids),
+        )
+    for column, limit in (("prompt", cfg.max_prompt_chars), ("response", cfg.max_response_chars)):
+        if needs((column,), f"length <= {limit}"):
+            add(
+                f"max_len:{column}",
+                gxe.ExpectColumnValueLengthsToBeBetween(column=column, max_value=limit),
+                column,
+                lambda r, ids, c=column, n=limit: f"column '{c}': " + _rows(r, f"longer than {n} characters", ids),
+            )
+    if needs(("id",), "unique"):
+        add(
+            "unique:id",
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            "id",
+            lambda r, ids: "column 'id': " + _rows(r, "share a duplicated id", ids),
+        )
+
+    # -- derived checks GX has no expectation for: computed here, checked by GX on derived columns
+    if needs(("prompt", "split"), "no prompt shared across splits"):
+        frame["_prompt_split_count"] = _split_counts(frame)
+        add(
+            "leakage:prompt",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="_prompt_split_count",
+                max_value=1,
+                description=(
+                    "Split leakage: each normalized prompt (NFKC, case-folded, whitespace collapsed) "
+                    "must occur in one split only; _prompt_split_count is the number of splits holding "
+                    "the row's normalized prompt."
+                ),
+            ),
+            "prompt",
+            lambda r, ids: (
+                "column 'prompt': "
+                + _rows(r, "share a normalized prompt across splits", _with_splits(frame, index_column, ids))
+            ),
+        )
+    _add_stage_checks(frame, cfg, add, needs)
+    return plan
+
+
+def _expected_type(column: str) -> str:
+    return "a nullable int8 column" if column in LABEL_COLUMNS else "a string column"
+
+
+def _describe_type(column: str, arrow_type: pa.DataType, result: dict[str, Any], ids: list[str]) -> str:
+    message = f"column '{column}': type {arrow_type}, expected {_expected_type(column)}"
+    if result.get("unexpected_count"):  # GX checked the values one by one (an object column)
+        message += "; " + _rows(result, "with values of another type", ids)
+    return message
+
+
+def _split_counts(frame: pd.DataFrame) -> pd.Series:
+    keys = frame["prompt"].map(lambda p: normalize_prompt(p) if isinstance(p, str) else None)
+    ok = keys.notna() & (keys != "") & frame["split"].notna()
+    counts = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    if ok.any():
+        grouped = pd.DataFrame({"key": keys[ok], "split": frame.loc[ok, "split"]})
+        counts[ok] = grouped.groupby("key")["split"].transform("nunique").astype("int64")
+    return counts
+
+
+def _with_splits(frame: pd.DataFrame, index_column: str, ids: list[str]) -> list[str]:
+    split_of = dict(zip(frame[index_column].astype(str), frame["split"], strict=True))
+    return [f"{i} [{split_of.get(i)}]" for i in ids]
+
+
+def _valid_label(frame: pd.DataFrame, column: str) -> pd.Series:
+    values = frame[column]
+    return values.where(values.isin(LABEL_VALUES)).astype("Int8")
+
+
+def _add_stage_checks(frame: pd.DataFrame, cfg: ValidateConfig, add: Callable, needs: Callable) -> None:
+    import great_expectations as gx
+
+    gxe = gx.expectations
+    stages: list[tuple[str, StageMinimums, tuple[str, ...], str, str]] = [
+        ("stage1", cfg.stage1, ("prompt_harmful",), "prompt_harmful", "rows with a prompt_harmful label"),
+        (
+            "stage2",
+            cfg.stage2,
+            ("response", "response_harmful"),
+            "response_harmful",
+            "rows with a response and a response_harmful label",
+        ),
+        (
+            "stage3",
+            cfg.stage3,
+            ("response", "response_harmful", "prompt_harmful"),
+            "prompt_harmful",
+            "rows with a response labelled response_harmful == 0 (safe targets), classed by prompt_harmful",
+        ),
+    ]
+    for name, minimums, columns, class_column, what in stages:
+        if not needs(columns, f"{name} minimums"):
+            continue
+        if name == "stage1":
+            in_stage = _valid_label(frame, "prompt_harmful").notna()
+            klass = _valid_label(frame, "prompt_harmful")
+        else:
+            has_response = frame["response"].map(lambda r: isinstance(r, str) and bool(r.strip())).astype(bool)
+            harmful = _valid_label(frame, "response_harmful")
+            if name == "stage2":
+                in_stage = has_response & harmful.notna()
+                klass = harmful.where(in_stage)
+            else:
+                in_stage = has_response & (harmful == 0).fillna(False).astype(bool)
+                klass = _valid_label(frame, "prompt_harmful").where(in_stage)
+        rows_col, class_col = f"_{name}_rows", f"_{name}_class"
+        frame[rows_col] = in_stage.astype("int64")
+        frame[class_col] = klass.astype("Int8")
+        add(
+            f"{name}:rows",
+            gxe.ExpectColumnSumToBeBetween(
+                column=rows_col,
+                min_value=minimums.min_rows,
+                description=f"{name} ({what}): at least {minimums.min_rows} rows "
+                f"({rows_col} is 1 for rows in the view).",
+            ),
+            class_column,
+            lambda r, ids, n=name, c=class_column, m=minimums, w=what: (
+                f"{n} (column '{c}'): {r.get('observed_value')} rows ({w}), expected at least {m.min_rows}"
+            ),
+        )
+        fraction = min(minimums.min_class_fraction, 0.5)
+        if fraction <= 0:
+            continue
+        ones = int((klass == 1).sum())
+        labelled = int(klass.notna().sum())
+        add(
+            f"{name}:balance",
+            gxe.ExpectColumnMeanToBeBetween(
+                column=class_col,
+                min_value=fraction,
+                max_value=1 - fraction,
+                description=f"{name} ({what}): the minority {class_column} class makes up at least "
+                f"{fraction:.0%} of the view ({class_col} is the class label inside the view).",
+            ),
+            class_column,
+            lambda r, ids, n=name, c=class_column, f=fraction, o=ones, t=labelled: _describe_balance(n, c, f, o, t),
+        )
+
+
+def _describe_balance(stage: str, column: str, fraction: float, ones: int, labelled: int) -> str:
+    if labelled == 0:
+        return f"{stage} (column '{column}'): no labelled rows, expected a minority class of at least {fraction:.0%}"
+    minority = min(ones, labelled - ones)
+    label = 1 if ones <= labelled - ones else 0
+    return (
+        f"{stage} (column '{column}'): minority class {column}={label} is {minority / labelled:.1%} "
+        f"of {labelled} rows ({minority} rows), expected at least {fraction:.0%}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ running GX
+
+
+def _gx_context(docs_dir: Path):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={
+            SITE_NAME: {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _run_gx(plan: _Plan, docs_dir: Path) -> dict[str, Any]:
+    """Run the suite through a checkpoint that updates the Data Docs site; return results by check key."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _gx_context(docs_dir)
+    asset = context.data_sources.add_pandas("svgt").add_dataframe_asset("canonical_dataset")
+    batch = asset.add_batch_definition_whole_dataframe("whole_file")
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
+    for check in plan.checks:
+        suite.add_expectation(check.expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="canonical_dataset", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="svgt_validate",
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE_NAME])],
+            result_format={
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": 20,
+                "unexpected_index_column_names": [plan.index_column],
+            },
+        )
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": plan.frame})
+    results = {}
+    for suite_result in outcome.run_results.values():
+        for r in suite_result.results:
+            key = (r.expectation_config.meta or {}).get("svgt_check")
+            results[key] = r
+    return results
+
+
+def _example_ids(result: dict[str, Any], index_column: str) -> list[str]:
+    ids: list[str] = []
+    for row in result.get("partial_unexpected_index_list") or []:
+        value = row.get(index_column) if isinstance(row, dict) else row
+        text = str(value)
+        if text not in ids:
+            ids.append(text)
+        if len(ids) == MAX_EXAMPLES:
+            break
+    return ids
+
+
+def _failures(plan: _Plan, results: dict[str, Any]) -> list[Failure]:
+    failures = []
+    for check in plan.checks:
+        r = results.get(check.key)
+        if r is None:
+            failures.append(Failure(check.key, check.column, 0, [], f"FAILED {check.key}: GX returned no result"))
+            continue
+        if r.success:
+            continue
+        expectation = r.expectation_config.type
+        info = r.exception_info or {}
+        if info.get("raised_exception"):
+            message = f"FAILED {check.key}: the expectation raised: {info.get('exception_message')}"
+            failures.append(Failure(expectation, check.column, 0, [], message))
+            continue
+        result = dict(r.result or {})
+        ids = _example_ids(result, plan.index_column)
+        message = "FAILED " + check.describe(result, ids)
+        if check.key.startswith(("exists:", "type:")) and plan.skipped.get(check.column):
+            message += f"; skipped: {', '.join(plan.skipped[check.column])}"
+        count = int(result.get("unexpected_count") or 0)
+        failures.append(Failure(expectation, check.column, count, ids, message))
+    return failures
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def validate_dataset(parquet_path: Path, cfg: ValidateConfig, report_dir: Path) -> ValidationResult:
+    """Validate one canonical Parquet file; write Data Docs and the JSON summary under ``report_dir``.
+
+    Raises DataValidationError (after writing the summary) when the file cannot be read or decoded.
+    """
+    started = time.perf_counter()
+    parquet_path, report_dir = Path(parquet_path), Path(report_dir)
+    summary_path = report_dir / SUMMARY_NAME
+    try:
+        table = read_canonical(parquet_path)
+    except DataValidationError as err:
+        shutil.rmtree(report_dir / DOCS_DIR, ignore_errors=True)  # never leave an older run's verdict
+        _write_failed_summary(parquet_path, summary_path, "read_parquet", str(err), started)
+        raise
+
+    try:
+        df = _to_pandas(table)
+        gx_logger = logging.getLogger("great_expectations")
+        if gx_logger.level == logging.NOTSET:
+            gx_logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = _build_plan(df, table, cfg)
+            with atomic_dir(report_dir / DOCS_DIR) as tmp_docs:
+                results = _run_gx(plan, tmp_docs.resolve())
+    except BaseException as err:  # a crash must not leave a previous run's "success" behind
+        _write_failed_summary(parquet_path, summary_path, "gx_run", f"{type(err).__name__}: {err}", started)
+        raise
+    report_path = report_dir / DOCS_DIR / "index.html"
+    failures = _failures(plan, results)
+    skipped = [f"{check} (column '{column}')" for column, checks in plan.skipped.items() for check in checks]
+    result = ValidationResult(
+        success=not failures,
+        failures=failures,
+        n_rows=len(df),
+        report_path=report_path if report_path.exists() else None,
+        skipped=skipped,
+        summary_path=summary_path,
+        seconds=time.perf_counter() - started,
+    )
+    _write_summary(parquet_path, result)
+    return result
+
+
+def _write_failed_summary(parquet_path: Path, summary_path: Path, what: str, error: str, started: float) -> None:
+    failure = Failure(what, None, 0, [], f"FAILED {error}")
+    _write_summary(
+        parquet_path,
+        ValidationResult(False, [failure], 0, None, [], summary_path, time.perf_counter() - started),
+    )
+
+
+def _write_summary(parquet_path: Path, result: ValidationResult) -> None:
+    assert result.summary_path is not None
+    write_json_atomic(
+        result.summary_path,
+        {
+            "dataset": str(parquet_path),
+            # lets downstream steps check that the summary is about the file they are about to read
+            "dataset_sha256": sha256_file(parquet_path) if parquet_path.is_file() else None,
+            "success": result.success,
+            "n_rows": result.n_rows,
+            "failures": [dataclasses.asdict(f) for f in result.failures],
+            "skipped": result.skipped,
+            "report_path": str(result.report_path) if result.report_path else None,
+            "seconds": round(result.seconds, 3),
+        },
+    )

@@ -1,0 +1,76 @@
+"""Integration: the real DVC pipeline up to `extract` on a tiny backbone and a small local dataset.
+
+Runs `dvc repro` in a scratch git repository holding a copy of this repo's dvc.yaml and code, with
+params pointing at a tiny random model and a local JSONL file. Checks the validation gate stops the
+pipeline on bad data and leaves downstream outputs untouched.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import canonical_frame, save_tiny_model_dir
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(cwd), "HF_HUB_OFFLINE": "1",
+           "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def write_rows(path: Path, frame) -> None:
+    path.write_text("".join(json.dumps({k: (None if v != v else v) for k, v in row.items()}) + "\n"
+                            for row in frame.astype(object).to_dict(orient="records")))
+
+
+@pytest.fixture
+def scratch_repo(tmp_path, repo_root):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(repo_root / "svgt", repo / "svgt", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo_root / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["backbone"]["source"] = str(save_tiny_model_dir(tmp_path / "tiny-model"))
+    params["data"]["sources"] = [{"path": str(tmp_path / "values.jsonl"), "adapter": "canonical"}]
+    params["validate"].update(min_rows=30, stage1={"min_rows": 10, "min_class_fraction": 0.2},
+                              stage2={"min_rows": 5, "min_class_fraction": 0.0},
+                              stage3={"min_rows": 5, "min_class_fraction": 0.0})
+    params["extract"]["shard_size"] = 16
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    write_rows(tmp_path / "values.jsonl", canonical_frame(60).drop(columns=["split"]))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        assert run(cmd, repo).returncode == 0
+    return repo
+
+
+def test_dvc_repro_extract_and_validation_gate(scratch_repo, tmp_path):
+    first = run(["dvc", "repro", "extract"], scratch_repo)
+    assert first.returncode == 0, first.stderr[-3000:]
+    index = json.loads((scratch_repo / "data/hidden/index.json").read_text())
+    assert index["layer"] == 1 and sum(index["splits"][s]["n"] for s in ("train", "val", "test")) == 60
+    assert (scratch_repo / "reports/validation/validation_summary.json").exists()
+    assert (scratch_repo / "metrics/extract.json").exists()
+    assert "Stage 'extract' didn't change" in run(["dvc", "repro", "extract"], scratch_repo).stdout
+
+    # bad data: a duplicated id and an empty prompt -> validate fails, extract never runs
+    before = (scratch_repo / "data/hidden/index.json").read_bytes()
+    frame = canonical_frame(60).drop(columns=["split"])
+    frame.loc[5, "id"] = frame.loc[4, "id"]
+    frame.loc[7, "prompt"] = "   "
+    write_rows(tmp_path / "values.jsonl", frame)
+    second = run(["dvc", "repro", "extract"], scratch_repo)
+    assert second.returncode != 0
+    assert "validation of data/values/values.parquet failed" in second.stderr
+    assert "'id'" in second.stderr and "row-0004" in second.stderr
+    assert "'prompt'" in second.stderr
+    assert (scratch_repo / "data/hidden/index.json").read_bytes() == before
+    summary = json.loads((scratch_repo / "reports/validation/validation_summary.json").read_text())
+    assert summary["success"] is False
