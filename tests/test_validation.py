@@ -1,8 +1,10 @@
+
 """The data validation gate: a clean canonical dataset passes, and each way of breaking it fails with
 the offending column and example row ids named."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def test_valid_dataset_passes_and_writes_data_docs(tmp_path):
     for text in (
         "Split leakage",
         "stage1 (rows with a prompt_harmful label)",
-        "stage3 (rows with a response labelled response_harmful == 0",
+        "stage3 (safe target responses with a refusal label",
         "values must be unique",
         "_stage2_rows",
     ):
@@ -204,10 +206,16 @@ def test_label_outside_its_set(tmp_path):
     assert line == "FAILED column 'prompt_harmful': 2 rows with values outside {0, 1} (e.g. ids ex0003, ex0010)"
 
 
+# stage 3 needs response_refusal labels, so these two relax its minimums to isolate the type checks
+NO_STAGE3 = dataclasses.replace(CFG, stage3=StageMinimums(0, 0.0))
+
+
 def test_null_labels_are_allowed(tmp_path):
     df = canonical_frame()
     df["response_refusal"] = None
-    assert run(df, tmp_path).success
+    path = write(df, tmp_path / "dataset.parquet")
+    result = validate_dataset(path, NO_STAGE3, tmp_path / "report")
+    assert result.success, format_failures(result)
 
 
 def test_untyped_all_null_label_column_is_allowed(tmp_path):
@@ -215,7 +223,7 @@ def test_untyped_all_null_label_column_is_allowed(tmp_path):
     df["response_refusal"] = None
     schema = CANONICAL_SCHEMA.set(5, pa.field("response_refusal", pa.null()))
     path = write(df, tmp_path / "dataset.parquet", schema)
-    result = validate_dataset(path, CFG, tmp_path / "report")
+    result = validate_dataset(path, NO_STAGE3, tmp_path / "report")
     assert result.success, format_failures(result)
 
 

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import pandas as pd
 import pyarrow as pa
 
 SPLITS = ("train", "val", "test")
@@ -50,8 +51,33 @@ class StageView:
 STAGE_VIEWS = (
     StageView("stage1", "rows with a prompt_harmful label (prompt-level judgement)"),
     StageView("stage2", "rows with a response and a response_harmful label (pair-level judgement)"),
-    StageView("stage3", "rows with a response labelled response_harmful == 0 (safe targets)"),
+    # Only responses with a refusal label count as targets: real red-team answers judged merely
+    # "not harmful" (e.g. jailbreak-persona replies) would teach the bridge their style.
+    StageView("stage3", "rows with a safe response (response_harmful == 0) that also carries a "
+                        "response_refusal label: refusals for harmful prompts, helpful answers for benign ones"),
 )
+# which label separates the classes within each stage view
+STAGE_CLASS_LABEL = {"stage1": "prompt_harmful", "stage2": "response_harmful", "stage3": "prompt_harmful"}
+
+
+def stage_mask(df: pd.DataFrame, stage: str) -> pd.Series:
+    """Row mask of a curriculum stage (the one definition used by the card, the gate and training).
+
+    Labels outside {0, 1} never select a row; a whitespace-only response counts as no response.
+    """
+    def label(column: str) -> pd.Series:
+        values = df[column]
+        return values.where(values.isin(LABEL_VALUES))
+
+    has_response = df["response"].map(lambda r: isinstance(r, str) and bool(r.strip())).astype(bool)
+    if stage == "stage1":
+        return label("prompt_harmful").notna().astype(bool)
+    if stage == "stage2":
+        return has_response & label("response_harmful").notna().astype(bool)
+    if stage == "stage3":
+        safe = (label("response_harmful") == 0).fillna(False).astype(bool)
+        return has_response & safe & label("response_refusal").notna().astype(bool)
+    raise ValueError(f"unknown stage {stage!r} (known: {', '.join(v.name for v in STAGE_VIEWS)})")
 
 
 def normalize_prompt(text: str) -> str:

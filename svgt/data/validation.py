@@ -45,6 +45,7 @@ from svgt.data.schema import (
     LABEL_VALUES,
     SPLITS,
     normalize_prompt,
+    stage_mask,
 )
 from svgt.io import atomic_dir, sha256_file, write_json_atomic
 
@@ -387,24 +388,14 @@ def _add_stage_checks(frame: pd.DataFrame, cfg: ValidateConfig, add: Callable, n
             cfg.stage3,
             ("response", "response_harmful", "prompt_harmful"),
             "prompt_harmful",
-            "rows with a response labelled response_harmful == 0 (safe targets), classed by prompt_harmful",
+            "safe target responses with a refusal label, classed by prompt_harmful",
         ),
     ]
     for name, minimums, columns, class_column, what in stages:
         if not needs(columns, f"{name} minimums"):
             continue
-        if name == "stage1":
-            in_stage = _valid_label(frame, "prompt_harmful").notna()
-            klass = _valid_label(frame, "prompt_harmful")
-        else:
-            has_response = frame["response"].map(lambda r: isinstance(r, str) and bool(r.strip())).astype(bool)
-            harmful = _valid_label(frame, "response_harmful")
-            if name == "stage2":
-                in_stage = has_response & harmful.notna()
-                klass = harmful.where(in_stage)
-            else:
-                in_stage = has_response & (harmful == 0).fillna(False).astype(bool)
-                klass = _valid_label(frame, "prompt_harmful").where(in_stage)
+        in_stage = stage_mask(frame, name)
+        klass = _valid_label(frame, class_column).where(in_stage)
         rows_col, class_col = f"_{name}_rows", f"_{name}_class"
         frame[rows_col] = in_stage.astype("int64")
         frame[class_col] = klass.astype("Int8")

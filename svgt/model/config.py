@@ -1,0 +1,95 @@
+"""The value module's hyper-parameters: one frozen, validated dataclass that travels with the weights.
+
+The config is saved beside the weights (``config.json``) so a module can be rebuilt without the
+params.yaml that trained it; parsing is strict (unknown keys and wrong types are named) because a
+silently ignored key would rebuild a different network than the one whose weights are loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from svgt.config import ConfigError
+from svgt.config import from_dict as _typed_from_dict
+
+
+class ValueModuleError(ValueError):
+    """A value module (or its config or files) is invalid, tampered with, or does not fit the backbone."""
+
+
+Pooling = Literal["last", "attention"]
+
+
+@dataclass(frozen=True)
+class ValueModuleConfig:
+    """Hyper-parameters of one value module (the SVGT encoder, discriminator, bridge and inject projector).
+
+    ``hidden_size`` and ``layer`` describe the backbone the module reads (width d and the 1-based decoder
+    block l* whose output it reads and where the bridge is inserted); they have no defaults because a
+    wrong guess would only fail much later, at generation time.
+    """
+
+    hidden_size: int  # d: backbone width
+    layer: int  # l*: 1-based decoder block whose output is read / followed by the bridge
+    d_v: int = 128  # value-space width
+    encoder_layers: int = 2
+    encoder_heads: int = 4
+    pooling: Pooling = "last"
+    dropout: float = 0.1
+    cross_attn_heads: int = 4
+    cross_scale_init: float = 3.0  # lambda in z = z_u + lambda * LayerNorm(cross)
+    num_bridge_tokens: int = 5  # K
+    gate_init: float = -2.0  # bridge alpha = softplus(gate): ~0.127 at -2
+    correction_step: float = 1.0  # multiplier of the first-order step to the boundary D = 0
+    reg_margin: float = 0.2  # tau of the manifold regulariser
+    refresh_interval: int = 5  # r: recompute the bridge every r generated tokens
+    momentum: float = 0.8  # beta: weight of the OLD bridge in the momentum update
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ValueModuleError(f"ValueModuleConfig: {'; '.join(problems)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (what ``config.json`` stores)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ValueModuleConfig:
+        """Strict inverse of :meth:`to_dict`: unknown or missing keys and wrong types are named."""
+        if not isinstance(raw, dict):
+            raise ValueModuleError(f"ValueModuleConfig: expected a mapping, got {type(raw).__name__}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in raw]
+        try:
+            if missing:
+                raise ConfigError(f"missing key(s): {', '.join(missing)}")
+            return _typed_from_dict(cls, raw, "")
+        except ConfigError as err:
+            raise ValueModuleError(f"ValueModuleConfig: {err}") from None
+
+
+def _problems(cfg: ValueModuleConfig) -> list[str]:
+    """Every constraint the networks rely on, checked once so construction never fails half-way."""
+    problems = []
+    positive = ("hidden_size", "layer", "d_v", "encoder_layers", "encoder_heads", "cross_attn_heads",
+                "num_bridge_tokens", "refresh_interval")
+    problems += [f"{name} must be >= 1, got {getattr(cfg, name)}" for name in positive if getattr(cfg, name) < 1]
+    if cfg.d_v < 2:
+        problems.append(f"d_v must be >= 2 (the discriminator's hidden width is d_v // 2), got {cfg.d_v}")
+    for heads in ("encoder_heads", "cross_attn_heads"):
+        if getattr(cfg, heads) >= 1 and cfg.d_v % getattr(cfg, heads):
+            problems.append(f"d_v={cfg.d_v} is not divisible by {heads}={getattr(cfg, heads)}")
+    if cfg.pooling not in ("last", "attention"):
+        problems.append(f"pooling must be 'last' or 'attention', got {cfg.pooling!r}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        problems.append(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0.0 <= cfg.momentum <= 1.0:
+        problems.append(f"momentum must be in [0, 1], got {cfg.momentum}")
+    if cfg.correction_step < 0:
+        problems.append(f"correction_step must be >= 0, got {cfg.correction_step}")
+    if cfg.reg_margin < 0:
+        problems.append(f"reg_margin must be >= 0, got {cfg.reg_margin}")
+    return problems

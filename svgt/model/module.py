@@ -1,0 +1,213 @@
+"""ValueModule: encoder + discriminator + bridge + inject projector, with verified save/load.
+
+A saved module is a directory written atomically (whole or not at all)::
+
+    weights.safetensors  the state dict (safetensors only: no pickle is ever loaded)
+    config.json          {"format", "config": ValueModuleConfig, "metadata": {backbone hash, data version, ...}}
+    manifest.json        {"format", "files": {name: sha256}} over the two files above
+
+Loading verifies every checksum, refuses a module trained on a different backbone (by weights hash),
+and loads the weights strictly, so a module never runs silently against the wrong model or config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from svgt.io import MANIFEST, atomic_dir, file_checksums, sha256_file, write_json_atomic
+from svgt.model.bridge import InjectProjector, LatentValueBridge
+from svgt.model.config import ValueModuleConfig, ValueModuleError
+from svgt.model.correction import value_correction
+from svgt.model.discriminator import Discriminator
+from svgt.model.encoder import ValueEncoder
+
+if TYPE_CHECKING:
+    from svgt.backbone.snapshot import BackboneManifest
+
+FORMAT = "svgt-value-module/1"
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.json"
+BACKBONE_SHA256 = "backbone_weights_sha256"  # metadata key checked by load_value_module
+STAGES = (1, 2, 3)
+
+
+class ValueModule(nn.Module):
+    """The trainable SVGT value module for one frozen backbone (width ``config.hidden_size``, layer l*)."""
+
+    def __init__(self, config: ValueModuleConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = ValueEncoder(config)
+        self.discriminator = Discriminator(config.d_v)
+        self.bridge = LatentValueBridge(config.hidden_size, config.d_v, config.num_bridge_tokens, config.gate_init)
+        self.inject = InjectProjector(config.hidden_size, config.d_v)
+
+    def score(
+        self,
+        states: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        prompt_states: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z [B, d_v], s [B]) for token states [B, T, d]; s > 0 means harmful (a logit)."""
+        z = self.encoder(states, mask, prompt_states, prompt_mask)
+        return z, self.discriminator(z)
+
+    def correction(self, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """dz [B, d_v]: the step towards D = 0 (zero for rows judged safe)."""
+        return value_correction(self.discriminator, z, self.config.correction_step, create_graph=create_graph)
+
+    def bridge_tokens(self, h_v: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """Bridge tokens [B, K, d] in ``h_v``'s dtype (ready to insert into the backbone's stream)."""
+        return self.bridge(h_v, self.correction(z, create_graph)).to(h_v.dtype)
+
+    def inject_delta(self, z: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """SVGT-Inject ablation: the residual-stream vector [B, d] to add instead of inserting bridge tokens."""
+        delta = self.inject(self.correction(z))
+        return delta if dtype is None else delta.to(dtype)
+
+    def stage_parameters(self, stage: int) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups trained in curriculum ``stage`` (everything else stays frozen).
+
+        1: {"train": unconditional encoder + discriminator}
+        2: {"new": conditional encoder path, "old": unconditional encoder + discriminator} (asymmetric lrs)
+        3: {"train": bridge + inject projector}
+        """
+        old = self.encoder.unconditional_parameters() + list(self.discriminator.parameters())
+        if stage == 1:
+            return {"train": old}
+        if stage == 2:
+            return {"new": self.encoder.conditional_parameters(), "old": old}
+        if stage == 3:
+            return {"train": list(self.bridge.parameters()) + list(self.inject.parameters())}
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+    def configure_stage(self, stage: int) -> dict[str, list[nn.Parameter]]:
+        """Set ``requires_grad`` to exactly the stage's parameters and return its groups.
+
+        Freezing the rest (not just leaving it out of the optimizer) stops autograd computing unused grads.
+        """
+        groups = self.stage_parameters(stage)
+        trainable = {id(p) for params in groups.values() for p in params}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trainable)
+        return groups
+
+
+def backbone_metadata(manifest: BackboneManifest) -> dict[str, Any]:
+    """The backbone facts a saved module records (``backbone_weights_sha256`` is what loading checks)."""
+    return {
+        "backbone_source": manifest.source,
+        BACKBONE_SHA256: manifest.weights_sha256,
+        "backbone_architecture": manifest.architecture,
+        "backbone_num_layers": manifest.num_layers,
+        "backbone_hidden_size": manifest.hidden_size,
+    }
+
+
+def save_value_module(module: ValueModule, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``module`` to ``directory`` atomically (replacing an existing one only on success)."""
+    directory = Path(directory)
+    config_text = _config_json(module.config, metadata or {})
+    state = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
+    with atomic_dir(directory) as tmp:
+        save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(config_text, encoding="utf-8")
+        write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "files": file_checksums(tmp)})
+    return directory
+
+
+def load_value_module(
+    directory: str | Path, expected_backbone_sha256: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[ValueModule, dict[str, Any]]:
+    """(module in eval mode, metadata) from a directory written by :func:`save_value_module`.
+
+    Raises ValueModuleError when a file is missing or does not match the manifest, the config is invalid,
+    the module was trained on another backbone than ``expected_backbone_sha256``, or the weights do not fit.
+    """
+    directory = Path(directory)
+    _verify_checksums(directory)
+    payload = _read_json(directory / CONFIG)
+    if payload.get("format") != FORMAT:
+        raise ValueModuleError(f"{directory / CONFIG}: unknown format {payload.get('format')!r} (expected {FORMAT})")
+    config = ValueModuleConfig.from_dict(payload.get("config"))
+    metadata = payload.get("metadata") or {}
+    if expected_backbone_sha256 is not None:
+        _check_backbone(directory, metadata, expected_backbone_sha256)
+    module = ValueModule(config)
+    _load_weights(module, directory / WEIGHTS)
+    return module.to(device).eval(), metadata
+
+
+def _config_json(config: ValueModuleConfig, metadata: dict[str, Any]) -> str:
+    """Serialise before anything is written, so unserialisable metadata fails without a half-made directory."""
+    try:
+        return json.dumps({"format": FORMAT, "config": config.to_dict(), "metadata": metadata}, indent=2,
+                          sort_keys=True) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ValueModuleError(f"value module metadata is not JSON-serialisable: {err}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueModuleError(f"{path}: missing; not a saved value module") from None
+    except json.JSONDecodeError as err:
+        raise ValueModuleError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueModuleError(f"{path}: expected a JSON object")
+    return data
+
+
+def _verify_checksums(directory: Path) -> None:
+    """Every required file is listed in the manifest, present, and hashes to the recorded value."""
+    manifest = _read_json(directory / MANIFEST)
+    files = manifest.get("files")
+    if manifest.get("format") != FORMAT or not isinstance(files, dict):
+        raise ValueModuleError(f"{directory / MANIFEST}: not a value-module manifest (format {FORMAT})")
+    for required in (WEIGHTS, CONFIG):
+        if required not in files:
+            raise ValueModuleError(f"{directory / MANIFEST}: does not list {required}")
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ValueModuleError(f"{path}: listed in {MANIFEST} but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ValueModuleError(
+                f"{path}: checksum {actual[:12]} does not match {MANIFEST} ({str(expected)[:12]}); "
+                "the file was modified or corrupted"
+            )
+
+
+def _check_backbone(directory: Path, metadata: dict[str, Any], expected: str) -> None:
+    """Refuse a module whose recorded backbone differs from (or cannot be compared with) the loaded one."""
+    recorded = metadata.get(BACKBONE_SHA256)
+    if recorded is None:
+        raise ValueModuleError(
+            f"{directory}: records no {BACKBONE_SHA256}, so it cannot be checked against backbone {expected[:12]}"
+        )
+    if recorded != expected:
+        raise ValueModuleError(
+            f"{directory}: trained on backbone {str(recorded)[:12]} but the backbone given is {expected[:12]}; "
+            "a value module only works with the exact backbone weights it was trained on"
+        )
+
+
+def _load_weights(module: ValueModule, path: Path) -> None:
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise ValueModuleError(f"{path}: unreadable safetensors file: {err}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueModuleError(f"{path}: weights do not fit the saved config: {err}") from None
