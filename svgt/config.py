@@ -90,11 +90,85 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Value-module shape; width d and layer l* come from the backbone and extract.layer."""
+
+    d_v: int = 128
+    encoder_layers: int = 2
+    encoder_heads: int = 4
+    pooling: Literal["last", "attention"] = "last"
+    dropout: float = 0.1
+    cross_attn_heads: int = 4
+    cross_scale_init: float = 3.0
+    num_bridge_tokens: int = 5
+    gate_init: float = -2.0
+    correction_step: float = 1.0
+    reg_margin: float = 0.2
+    refresh_interval: int = 5
+    momentum: float = 0.8
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    # null: start a local Ray on demand; else an existing cluster ("auto", "ray://host:10001"); RAY_ADDRESS also works
+    address: str | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    # where Ray Train keeps run state and checkpoints (local path or s3://...)
+    storage_path: str = ".cache/svgt/ray"
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    max_tokens: int = 128  # the last N prompt tokens are encoded
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    epochs: int = 6
+    batch_size: int = 32
+    lr_new: float = 5e-4  # conditional path (new in stage 2)
+    lr_old: float = 1e-5  # unconditional path + discriminator (trained in stage 1)
+    weight_decay: float = 0.01
+    max_tokens: int = 128  # the first N response tokens are encoded
+
+
+@dataclass(frozen=True)
+class Stage3Config:
+    epochs: int = 2
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    w_ce: float = 0.5
+    w_safe: float = 2.0
+    w_reg: float = 0.1
+    max_response_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1234
+    checkpoint_every: int = 50  # optimizer steps between checkpoints
+    ray: RayConfig = field(default_factory=RayConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+
+
+@dataclass(frozen=True)
 class Params:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -68,3 +68,32 @@ def embedded_snapshot(tmp_path_factory):
     out = tmp_path_factory.mktemp("embedded") / "backbone"
     manifest = build_snapshot(type(cfg)(**{**cfg.__dict__, "cache_dir": str(cache)}), out)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A tiny random Llama snapshot, a small labelled dataset and its extracted hidden states."""
+    from tiny import canonical_frame, save_tiny_model_dir
+
+    from svgt.backbone import build_snapshot
+    from svgt.config import BackboneConfig, ExtractConfig
+    from svgt.extract import extract_hidden_states
+
+    root = tmp_path_factory.mktemp("tiny-pipeline")
+    src = save_tiny_model_dir(root / "src", "llama", num_layers=4)
+    build_snapshot(BackboneConfig(source=str(src)), root / "backbone")
+    frame = canonical_frame(90)
+    # make the labels learnable from the text and spread both classes over every split
+    harmful = frame["prompt_harmful"] == 1
+    frame.loc[harmful, "prompt"] = "Explain how to attack and hurt people: " + frame.loc[harmful, "prompt"]
+    frame["split"] = [("train", "train", "train", "val", "test")[i % 5] for i in range(len(frame))]
+    # half of the harmful prompts' responses comply (harmful), so stage 2 has both classes
+    harmful_pairs = frame.index[(frame["prompt_harmful"] == 1) & frame["response"].notna()]
+    comply = harmful_pairs[::2]
+    frame.loc[comply, "response"] = "Sure, here is exactly how to do it step by step."
+    frame.loc[comply, "response_harmful"] = 1
+    frame.loc[comply, "response_refusal"] = 0
+    frame.to_parquet(root / "values.parquet")
+    extract_hidden_states(root / "backbone", root / "values.parquet", ExtractConfig(layer=2, dtype="float32"),
+                          root / "hidden", progress=False)
+    return root

@@ -1,0 +1,1 @@
+"""Curriculum training: plain loops that run inside Ray Train, losses, checkpoints."""

@@ -1,0 +1,142 @@
+"""One training loop for every stage: epochs of batches, periodic checkpoints, exact resume.
+
+The loop knows nothing about Ray: it talks to a ``Session`` (Ray Train's in a worker, a local
+directory in unit tests), so the same code runs in one CPU process or on a GPU cluster.
+Batches are a deterministic function of (seed, epoch) and the RNG is re-seeded per step, so a run
+resumed from a checkpoint takes exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from svgt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+
+    def latest_checkpoint(self) -> Path | None: ...
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None: ...
+
+
+@dataclass
+class LocalSession:
+    """Checkpoints in a local directory (one subdirectory per report with a checkpoint)."""
+
+    directory: Path
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.reports: list[dict[str, Any]] = []
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.directory.glob("checkpoint_*"))
+        return found[-1] if found else None
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint is not None:
+            import shutil
+
+            target = self.directory / f"checkpoint_{len(list(self.directory.glob('checkpoint_*'))):06d}"
+            tmp = self.directory / f".{target.name}.tmp"
+            shutil.copytree(checkpoint, tmp)
+            tmp.rename(target)
+
+
+class RaySession:
+    """Ray Train's worker context; only rank 0 uploads checkpoints."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self._restored: tempfile.TemporaryDirectory | None = None
+
+    def latest_checkpoint(self) -> Path | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._restored = tempfile.TemporaryDirectory(prefix="svgt-restore-")
+        return Path(ckpt.to_directory(self._restored.name))
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        import ray.train
+
+        clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+        if checkpoint is not None and self.rank == 0:
+            ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)))
+        else:
+            ray.train.report(clean)
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    epochs: int
+    checkpoint_every: int
+    seed: int
+    desc: str = "train"
+
+
+Batch = Any
+
+
+def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec,
+             make_batches: Callable[[int], list[Batch]], train_step: Callable[[Batch], dict[str, float]],
+             evaluate: Callable[[], dict[str, float]], session: Session, progress_bar: bool = True) -> Progress:
+    """Train ``spec.epochs`` epochs, resuming from the session's latest checkpoint if there is one."""
+    progress = Progress()
+    latest = session.latest_checkpoint()
+    if latest is not None:
+        progress = load_checkpoint(latest, module, optimizer)
+    for epoch in range(progress.epoch, spec.epochs):
+        batches = make_batches(epoch)
+        module.train()
+        sums: dict[str, float] = defaultdict(float)
+        seen = 0
+        bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"{spec.desc} epoch {epoch + 1}",
+                   disable=not progress_bar or session.rank != 0, leave=False)
+        for i in range(progress.batch_in_epoch, len(batches)):
+            torch.manual_seed(spec.seed * 1_000_003 + progress.step)  # dropout identical on resume
+            for key, value in train_step(batches[i]).items():
+                sums[key] += value
+            seen += 1
+            progress.step += 1
+            progress.batch_in_epoch = i + 1
+            bar.update(1)
+            if progress.step % spec.checkpoint_every == 0 and i + 1 < len(batches):
+                _report(session, module, optimizer, progress, {"step": progress.step, "epoch": epoch + 1})
+        bar.close()
+        progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+        module.eval()
+        record = {"epoch": epoch + 1, "step": progress.step,
+                  **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()}, **evaluate()}
+        progress.history.append(record)
+        _report(session, module, optimizer, progress, record)
+    return progress
+
+
+def _report(session: Session, module: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
+            metrics: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="svgt-ckpt-") as tmp:
+        if session.rank == 0:
+            save_checkpoint(tmp, module, optimizer, progress)
+        session.report(metrics, Path(tmp) if session.rank == 0 else None)

@@ -1,0 +1,23 @@
+"""The curriculum's losses (NOTES section 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def discrimination_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Stages 1-2: BCE on the discriminator score (s > 0 means harmful)."""
+    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
+
+
+def safety_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Stage 3: push scores of the guided states below the boundary; positive scores cost 3x."""
+    return (F.softplus(scores) + 2.0 * F.relu(scores)).mean()
+
+
+def response_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy over real (mask=True) target positions."""
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    weights = mask.reshape(-1).float()
+    return (flat * weights).sum() / weights.sum().clamp(min=1.0)

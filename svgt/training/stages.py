@@ -1,0 +1,161 @@
+"""Stages 1 and 2: the value encoder and discriminator learn to judge prompts, then responses in context.
+
+Stage 1: BCE on prompts (prompt_harmful) through the unconditional path.
+Stage 2: BCE on prompt-response pairs (response_harmful) with the conditional path added; the new
+parameters learn at ``lr_new`` while stage 1's parameters move slowly at ``lr_old``.
+Both read the extracted hidden states only: the backbone is never run here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from svgt.extract import HiddenStateStore
+from svgt.model import ValueModule, ValueModuleConfig, load_value_module
+from svgt.training.data import SequenceExample, collate, load_stage_examples
+from svgt.training.job import StageJob
+from svgt.training.loop import LoopSpec, Session, run_loop
+from svgt.training.losses import discrimination_loss
+from svgt.training.metrics import discrimination_metrics
+
+
+def new_value_module(job: StageJob, store: HiddenStateStore) -> ValueModule:
+    cfg = ValueModuleConfig(hidden_size=store.hidden_size, layer=store.layer, **job.model)
+    return ValueModule(cfg)
+
+
+def initial_module(job: StageJob, store: HiddenStateStore) -> ValueModule:
+    """Stage 1 starts fresh; later stages continue from the previous stage's exported module."""
+    if job.init_module is None:
+        return new_value_module(job, store)
+    module, _ = load_value_module(job.init_module, expected_backbone_sha256=store.index["backbone"]["weights_sha256"])
+    if module.config.layer != store.layer or module.config.hidden_size != store.hidden_size:
+        raise ValueError(f"{job.init_module}: module reads layer {module.config.layer} width "
+                         f"{module.config.hidden_size} but the hidden states are layer {store.layer} "
+                         f"width {store.hidden_size}")
+    return module
+
+
+def optimizer_for_stage(module: ValueModule, job: StageJob) -> torch.optim.Optimizer:
+    groups = module.configure_stage(job.stage)
+    t = job.train_config
+    if job.stage == 1:
+        spec = [{"params": groups["train"], "lr": t.stage1.lr, "name": "train"}]
+        wd = t.stage1.weight_decay
+    elif job.stage == 2:
+        # asymmetric learning rates: the conditional path is new, the rest was trained in stage 1
+        spec = [{"params": groups["new"], "lr": t.stage2.lr_new, "name": "new"},
+                {"params": groups["old"], "lr": t.stage2.lr_old, "name": "old"}]
+        wd = t.stage2.weight_decay
+    else:
+        spec = [{"params": groups["train"], "lr": t.stage3.lr, "name": "train"}]
+        wd = t.stage3.weight_decay
+    return torch.optim.AdamW(spec, weight_decay=wd)
+
+
+def shard_for_rank(items: Sequence, rank: int, world: int) -> list:
+    """Equal-sized shards, so every worker reports the same number of times (Ray Train requires it)."""
+    usable = len(items) // world * world
+    return list(items[rank:usable:world])
+
+
+def epoch_batches(items: Sequence, batch_size: int, seed: int, epoch: int) -> list[list]:
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Data parallelism without DDP wrapping (the module is called through methods, not forward)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= dist.get_world_size()
+
+
+@torch.no_grad()
+def score_examples(module: ValueModule, examples: Sequence[SequenceExample], batch_size: int = 64,
+                   use_prompt: bool = True) -> np.ndarray:
+    module.eval()
+    out = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size])
+        prompt = (batch.get("prompt_states"), batch.get("prompt_mask")) if use_prompt else (None, None)
+        _, s = module.score(batch["states"], batch["mask"], *prompt)
+        out.append(s.float())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def evaluate_discrimination(module: ValueModule, examples: Sequence[SequenceExample],
+                            use_prompt: bool = True) -> dict[str, float]:
+    labels = np.array([e.label for e in examples])
+    return discrimination_metrics(labels, score_examples(module, examples, use_prompt=use_prompt))
+
+
+def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = True) -> ValueModule:
+    """The stage-1/2 training loop (runs inside a Ray Train worker or a LocalSession)."""
+    t = job.train_config
+    cfg = t.stage1 if job.stage == 1 else t.stage2
+    torch.manual_seed(t.seed)
+    store = HiddenStateStore(job.hidden_dir)
+    frame = pd.read_parquet(job.data_path)
+    view = f"stage{job.stage}"
+    module = initial_module(job, store)
+    optimizer = optimizer_for_stage(module, job)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    train = shard_for_rank(load_stage_examples(store, frame, view, "train", cfg.max_tokens), session.rank,
+                           session.world_size)
+    val = load_stage_examples(store, frame, view, "val", cfg.max_tokens)
+
+    def train_step(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        _, s = module.score(batch["states"], batch["mask"], batch.get("prompt_states"), batch.get("prompt_mask"))
+        loss = discrimination_loss(s, batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(trainable)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def evaluate() -> dict[str, float]:
+        return {f"val_{k}": v for k, v in evaluate_discrimination(module, val).items()}
+
+    spec = LoopSpec(cfg.epochs, t.checkpoint_every, t.seed, desc=f"stage {job.stage}")
+    run_loop(module, optimizer, spec, lambda e: [collate(b) for b in epoch_batches(train, cfg.batch_size, t.seed, e)],
+             train_step, evaluate, session, progress_bar)
+    return module
+
+
+def run_stage_in_session(job: StageJob, session: Session, progress_bar: bool = True) -> ValueModule:
+    if job.stage in (1, 2):
+        return discrimination_stage(job, session, progress_bar)
+    from svgt.training.stage3 import behaviour_stage
+
+    return behaviour_stage(job, session, progress_bar)
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train's ``train_loop_per_worker``."""
+    from svgt.training.loop import RaySession
+
+    torch.set_num_threads(max(1, int(config.pop("_threads", 1))))
+    run_stage_in_session(StageJob(**config), RaySession())
+
+
+def module_from_checkpoint(job: StageJob, checkpoint_dir: str | Path) -> ValueModule:
+    """Rebuild the trained module from a loop checkpoint (weights only)."""
+    from safetensors.torch import load_file
+
+    store = HiddenStateStore(job.hidden_dir, verify=False)
+    module = initial_module(job, store) if job.init_module else new_value_module(job, store)
+    tensors = load_file(str(Path(checkpoint_dir) / "state.safetensors"))
+    module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}, strict=True)
+    return module.eval()

@@ -1,0 +1,122 @@
+import dataclasses
+
+import pytest
+import torch
+
+from svgt.config import ModelConfig, Stage1Config, Stage2Config, TrainConfig
+from svgt.model import save_value_module
+from svgt.training.job import job_from_params
+from svgt.training.loop import LocalSession
+from svgt.training.losses import safety_loss
+from svgt.training.metrics import discrimination_metrics
+from svgt.training.stages import discrimination_stage, optimizer_for_stage, shard_for_rank
+
+MODEL = ModelConfig(d_v=16, encoder_heads=2, cross_attn_heads=2, num_bridge_tokens=3, dropout=0.1)
+TRAIN = TrainConfig(checkpoint_every=3, stage1=Stage1Config(epochs=3, batch_size=8, lr=3e-3),
+                    stage2=Stage2Config(epochs=2, batch_size=8))
+
+
+def job(root, stage=1, init=None, train=TRAIN):
+    return job_from_params(stage, MODEL, train, hidden_dir=str(root / "hidden"), data_path=str(root / "values.parquet"),
+                           backbone_dir=str(root / "backbone"), init_module=str(init) if init else None)
+
+
+def test_metrics_known_values():
+    m = discrimination_metrics([0, 0, 1, 1], [-2.0, 0.5, 1.0, 3.0])
+    assert m["accuracy"] == 0.75 and m["auroc"] == 1.0 and m["f1"] == pytest.approx(0.8)
+    assert m["n"] == 4 and m["positives"] == 2
+
+
+def test_safety_loss_values():
+    s = torch.tensor([-10.0, 0.0, 1.0])
+    expected = (torch.nn.functional.softplus(s) + 2 * torch.relu(s)).mean()
+    assert safety_loss(s).item() == pytest.approx(expected.item())
+    assert safety_loss(torch.tensor([2.0])).item() > 3 * safety_loss(torch.tensor([-2.0])).item()
+
+
+def test_shard_for_rank_is_equal_sized_and_disjoint():
+    items = list(range(11))
+    shards = [shard_for_rank(items, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_stage1_learns_and_reports_each_epoch(tiny_pipeline, tmp_path):
+    session = LocalSession(tmp_path / "ckpt")
+    module = discrimination_stage(job(tiny_pipeline), session, progress_bar=False)
+    epochs = [r for r in session.reports if "val_auroc" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    # the tiny dataset's prompts are separable by construction (harmful = every third row's template)
+    assert epochs[-1]["val_accuracy"] >= 0.5
+    assert module.config.layer == 2 and module.config.hidden_size == 32
+
+
+def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
+    straight = discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "a"), progress_bar=False)
+
+    # interrupt a second run at its 8th optimizer step (checkpoints every 3 steps and at each epoch end)
+    import svgt.training.stages as stages
+
+    calls = {"n": 0}
+    original = stages.discrimination_loss
+
+    def failing_loss(s, y):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("worker killed")
+        return original(s, y)
+
+    stages.discrimination_loss = failing_loss
+    try:
+        with pytest.raises(RuntimeError, match="worker killed"):
+            discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "b"), progress_bar=False)
+    finally:
+        stages.discrimination_loss = original
+    session = LocalSession(tmp_path / "b")
+    assert session.latest_checkpoint() is not None
+    import json
+
+    resumed_from = json.loads((session.latest_checkpoint() / "state.json").read_text())["progress"]["step"]
+    assert resumed_from in (6, 7)  # the step-6 checkpoint, or the end of epoch 1 if that came later
+    resumed = discrimination_stage(job(tiny_pipeline), session, progress_bar=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
+
+def test_stage2_uses_asymmetric_learning_rates_and_trains_only_encoder(tiny_pipeline, tmp_path):
+    stage1 = discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "s1"), progress_bar=False)
+    from svgt.extract import HiddenStateStore
+
+    sha = HiddenStateStore(tiny_pipeline / "hidden").index["backbone"]["weights_sha256"]
+    save_value_module(stage1, tmp_path / "m1", {"backbone_weights_sha256": sha})
+    j2 = job(tiny_pipeline, stage=2, init=tmp_path / "m1")
+    from svgt.training.stages import initial_module
+
+    module = initial_module(j2, HiddenStateStore(tiny_pipeline / "hidden"))
+    opt = optimizer_for_stage(module, j2)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"new": 5e-4, "old": 1e-5}
+    new_ids = {id(p) for p in opt.param_groups[0]["params"]}
+    assert new_ids == {id(p) for p in module.encoder.conditional_parameters()}
+    assert all(not p.requires_grad for p in module.bridge.parameters())
+
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trained = discrimination_stage(j2, LocalSession(tmp_path / "s2"), progress_bar=False)
+    after = trained.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("encoder.") for k in moved)
+    assert not any(k.startswith(("bridge.", "inject.")) for k in moved)
+    # the old parameters move far less than the new ones (lr 1e-5 vs 5e-4)
+    def delta(prefix_keys):
+        return max((after[k] - before[k]).abs().max().item() for k in prefix_keys)
+    conditional = {id(p) for p in trained.encoder.conditional_parameters()}
+    cond = {n for n, p in trained.encoder.named_parameters() if id(p) in conditional}
+    old_keys = [f"encoder.{n}" for n, _ in trained.encoder.named_parameters() if n not in cond]
+    new_keys = [f"encoder.{n}" for n in cond]
+    assert delta(new_keys) > 5 * delta(old_keys)
+
+
+def test_stage_requires_matching_config(tiny_pipeline):
+    bad = dataclasses.replace(TRAIN, checkpoint_every=1)
+    assert job(tiny_pipeline, train=bad).train_config.checkpoint_every == 1
