@@ -82,6 +82,48 @@ def cmd_extract(params: Params, args: argparse.Namespace) -> None:
     print(json.dumps(metrics))
 
 
+def cmd_train(params: Params, args: argparse.Namespace) -> None:
+    from svgt.training.step import train_stage
+
+    metrics = train_stage(params, args.stage, hidden_dir=args.hidden, data_path=args.data, backbone_dir=args.backbone,
+                          init_module=args.init, out_dir=args.out or Path(f"models/stage{args.stage}"),
+                          metrics_dir=args.metrics, plots_dir=args.plots)
+    print(json.dumps(metrics, default=str))
+
+
+def cmd_generate(params: Params, args: argparse.Namespace) -> None:
+    from svgt.generate import run_generate
+
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise StepFailed("give exactly one of --prompt TEXT or --prompts-file FILE.jsonl")
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        summary = run_generate(backbone_dir=args.backbone, module_uri=args.module, method=args.method,
+                               prompts=[args.prompt] if args.prompt is not None else None,
+                               prompts_file=args.prompts_file, out=out, max_new_tokens=args.max_new_tokens,
+                               refresh_interval=args.refresh_interval, batch_size=args.batch_size,
+                               chat_template=not args.no_chat_template, do_sample=args.temperature > 0,
+                               temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed)
+    finally:
+        if args.out:
+            out.close()
+    log.info("generated %d responses (%d tokens, %.1f tokens/s); %d bad input lines skipped", summary.prompts,
+             summary.new_tokens, summary.new_tokens / max(summary.seconds, 1e-9), summary.bad_lines)
+
+
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    from svgt.eval.guidance_eval import EvalConfig, evaluate_guidance
+
+    e = params.evaluate
+    cfg = EvalConfig(e.max_harmful_prompts, e.max_benign_prompts, e.max_new_tokens, e.batch_size, tuple(e.methods),
+                     e.seed)
+    results = evaluate_guidance(backbone_dir=args.backbone, module_dir=args.module, data_path=args.data, cfg=cfg,
+                                metrics_path=args.metrics / "eval.json", report_path=args.report,
+                                generations_path=args.generations)
+    print(Path(args.report).read_text(encoding="utf-8"))
+    del results
+
+
 def _require_validation(report_dir: Path, data: Path) -> None:
     """Downstream steps refuse data whose validation did not pass, never ran, or validated other bytes."""
     from svgt.io import sha256_file
@@ -122,6 +164,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", default=DEFAULTS["validation"], type=Path)
     p.add_argument("--out", default=DEFAULTS["hidden"], type=Path)
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p = add("train", cmd_train, "train one curriculum stage as a Ray Train job")
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
+    p.add_argument("--init", type=Path, default=None, help="module exported by the previous stage")
+    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
+    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
+    p.add_argument("--hidden", default=DEFAULTS["hidden"], type=Path)
+    p.add_argument("--out", default=None, type=Path, help="default: models/stageN")
+    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p.add_argument("--plots", default=Path("plots"), type=Path)
+    p = add("evaluate", cmd_evaluate, "refusal behaviour of none / svgt / svgt-inject on test prompts")
+    p.add_argument("--module", default=Path("models/stage3"), type=Path)
+    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
+    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
+    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p.add_argument("--report", default=Path("reports/eval.md"), type=Path)
+    p.add_argument("--generations", default=Path("reports/generations.jsonl"), type=Path)
+    p = add("generate", cmd_generate, "generate with or without a value module (JSONL in, JSONL out)")
+    p.add_argument("--module", default=None, help="value module directory or URL (models:/NAME@ALIAS later)")
+    p.add_argument("--method", default="svgt", choices=("none", "svgt", "svgt-inject"))
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--prompts-file", default=None, type=Path)
+    p.add_argument("--out", default=None, type=Path, help="default: stdout")
+    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
+    p.add_argument("--refresh-interval", default=None, type=int, help="default: the module's r")
+    p.add_argument("--max-new-tokens", default=128, type=int)
+    p.add_argument("--batch-size", default=8, type=int)
+    p.add_argument("--temperature", default=0.0, type=float, help="0 = greedy")
+    p.add_argument("--top-p", default=1.0, type=float)
+    p.add_argument("--seed", default=None, type=int)
+    p.add_argument("--no-chat-template", action="store_true")
     return parser
 
 

@@ -148,7 +148,10 @@ class Stage3Config:
     w_ce: float = 0.5
     w_safe: float = 2.0
     w_reg: float = 0.1
-    max_response_tokens: int = 64
+    max_response_tokens: int = 64  # teacher-forced target tokens per response (the first N)
+    max_train_rows: int = 0  # 0: every stage-3 train row; else a seeded sample (CPU budgets)
+    max_val_rows: int = 64
+    train_inject: bool = True  # also train the SVGT-Inject ablation's projector (same losses, no bridge)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    max_harmful_prompts: int = 40
+    max_benign_prompts: int = 40
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    methods: list[Literal["none", "svgt", "svgt-inject"]] = field(
+        default_factory=lambda: ["none", "svgt", "svgt-inject"])
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
 class Params:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,6 +183,7 @@ class Params:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -140,7 +140,8 @@ def test_pyrit_refusal_adapter_marks_refusals_safe():
         }
     )
     out = adapt(raw, "pyrit_refusal", origin="refusal.csv")
-    assert labels(out, "response_refusal") == [1, 0]
+    # PyRIT's rubric scores off-topic answers as refusals too: not an explicit refusal label for us
+    assert labels(out, "response_refusal") == [None, None]
     assert labels(out, "response_harmful") == [0, None]
     assert labels(out, "prompt_harmful") == [None, None]
 

@@ -60,17 +60,26 @@ def test_dvc_repro_extract_and_validation_gate(scratch_repo, tmp_path):
     assert (scratch_repo / "metrics/extract.json").exists()
     assert "Stage 'extract' didn't change" in run(["dvc", "repro", "extract"], scratch_repo).stdout
 
-    # bad data: a duplicated id and an empty prompt -> validate fails, extract never runs
     before = (scratch_repo / "data/hidden/index.json").read_bytes()
+
+    # data the adapters already refuse (a whitespace-only prompt): ingest stops the pipeline
     frame = canonical_frame(60).drop(columns=["split"])
-    frame.loc[5, "id"] = frame.loc[4, "id"]
     frame.loc[7, "prompt"] = "   "
     write_rows(tmp_path / "values.jsonl", frame)
     second = run(["dvc", "repro", "extract"], scratch_repo)
     assert second.returncode != 0
-    assert "validation of data/values/values.parquet failed" in second.stderr
-    assert "'id'" in second.stderr and "row-0004" in second.stderr
-    assert "'prompt'" in second.stderr
+    assert "svgt ingest" in second.stderr and "column 'prompt'" in second.stderr
+    assert (scratch_repo / "data/hidden/index.json").read_bytes() == before
+
+    # well-formed rows that fail the gate (stage 1 has a single class): validate stops the pipeline
+    frame = canonical_frame(60).drop(columns=["split"])
+    frame["prompt_harmful"] = 0
+    write_rows(tmp_path / "values.jsonl", frame)
+    third = run(["dvc", "repro", "extract"], scratch_repo)
+    assert third.returncode != 0
+    assert "validation of data/values/values.parquet failed" in third.stderr
+    assert "stage1" in third.stderr and "prompt_harmful" in third.stderr
     assert (scratch_repo / "data/hidden/index.json").read_bytes() == before
     summary = json.loads((scratch_repo / "reports/validation/validation_summary.json").read_text())
     assert summary["success"] is False
+    assert (scratch_repo / "reports/validation/data_docs/index.html").exists()

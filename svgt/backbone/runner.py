@@ -155,8 +155,11 @@ class BlockRunner:
         return DynamicCache()
 
     @torch.no_grad()
-    def _prologue(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, PositionEmbeddings]:
-        """Run the model's own forward up to block 1; return block 1's input and its rotary embeddings."""
+    def prologue(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, PositionEmbeddings]:
+        """Run the model's own forward up to block 1; return block 1's input and its rotary embeddings.
+
+        Pass the rotary embeddings on to ``run_blocks`` for the same positions to save a second pass.
+        """
         captured: dict[str, Any] = {}
 
         def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -179,25 +182,28 @@ class BlockRunner:
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Input of block 1 for tokens at the given (lower-block) positions: [B, T, d]."""
-        return self._prologue(input_ids, position_ids)[0]
+        return self.prologue(input_ids, position_ids)[0]
 
     def position_embeddings(self, position_ids: torch.Tensor) -> PositionEmbeddings:
         """Rotary (cos, sin) for arbitrary position ids, from the model's rotary module; None without RoPE."""
         if not self.uses_position_embeddings:
             return None
         # token ids do not influence rotary embeddings, any valid id will do
-        return self._prologue(torch.zeros_like(position_ids), position_ids)[1]
+        return self.prologue(torch.zeros_like(position_ids), position_ids)[1]
 
     def _mask(self, builder: MaskBuilder, hidden: torch.Tensor, attention_mask: torch.Tensor,
               cache: DynamicCache | None, position_ids: torch.Tensor, layer_idx: int) -> Any:
         return builder(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                        past_key_values=cache, position_ids=position_ids, layer_idx=layer_idx)
 
-    @torch.no_grad()
     def run_blocks(self, hidden: torch.Tensor, start: int, stop: int, *, position_ids: torch.Tensor,
                    attention_mask: torch.Tensor, cache: DynamicCache | None = None,
                    position_embeddings: PositionEmbeddings = None) -> torch.Tensor:
-        """Run blocks ``start..stop-1`` (0-based) on ``hidden`` [B, q, d]; the cache is appended in place."""
+        """Run blocks ``start..stop-1`` (0-based) on ``hidden`` [B, q, d]; the cache is appended in place.
+
+        Gradients flow when the caller enables them (stage 3 trains the bridge through the upper blocks);
+        decoding runs under ``torch.no_grad``.
+        """
         if not 0 <= start <= stop <= self.num_layers:
             raise RunnerError(f"block range {start}..{stop} outside 0..{self.num_layers}")
         if position_embeddings is None:
@@ -216,7 +222,6 @@ class BlockRunner:
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
-    @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head on the output of the last block."""
         return self.lm_head(self.final_norm(hidden))

@@ -328,9 +328,13 @@ def _first_category(value: Any) -> str | None:
 def _pyrit_refusal(df: pd.DataFrame, ctx: AdaptContext) -> pd.DataFrame:
     """PyRIT refusal-scorer evals (objective, assistant_response, human_score 0/1 = refused).
 
-    A human-labelled refusal delivers none of the requested content, so it is recorded as a safe
-    response (response_harmful = 0); a non-refusal may or may not be harmful and stays unlabelled.
-    The objectives mix harmful and benign requests, so prompt_harmful stays unlabelled too.
+    PyRIT's refusal rubric counts any answer that does not address the objective as a "refusal", so
+    an off-topic helpful answer scores 1 too (about half of the score-1 rows in pyrit 1.1.0 are such
+    answers). That is not an explicit refusal, so ``response_refusal`` stays unlabelled (these rows
+    must not become stage-3 refusal targets); a score of 1 still means none of the requested content
+    was delivered, so it is recorded as a safe response (response_harmful = 0). A non-refusal may or
+    may not be harmful and stays unlabelled; the objectives mix harmful and benign requests, so
+    prompt_harmful stays unlabelled too.
     """
     refusal = map_labels(df["human_score"].tolist(), BINARY, "human_score", ctx)
     harmful = [0 if r == 1 else None for r in refusal]
@@ -338,7 +342,7 @@ def _pyrit_refusal(df: pd.DataFrame, ctx: AdaptContext) -> pd.DataFrame:
         ctx,
         prompt=text_column(df, "objective", ctx, required=True),
         response=text_column(df, "assistant_response", ctx, required=True),
-        labels={"response_refusal": refusal, "response_harmful": harmful},
+        labels={"response_harmful": harmful},
         category=["refusal_eval"] * len(df),
     )
 

@@ -9,6 +9,7 @@ resumed from a checkpoint takes exactly the steps an uninterrupted run would hav
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
@@ -122,6 +123,7 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
             progress.step += 1
             progress.batch_in_epoch = i + 1
             bar.update(1)
+            _maybe_die(progress.step)
             if progress.step % spec.checkpoint_every == 0 and i + 1 < len(batches):
                 _report(session, module, optimizer, progress, {"step": progress.step, "epoch": epoch + 1})
         bar.close()
@@ -132,6 +134,19 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
         progress.history.append(record)
         _report(session, module, optimizer, progress, record)
     return progress
+
+
+def _maybe_die(step: int) -> None:
+    """Fault injection for the fault-tolerance tests: SVGT_FAULT_KILL_AT_STEP="N:/path/marker" makes the
+    process exit hard (like an OOM kill) the first time step N is reached; the marker file makes it
+    happen once, so the restarted worker carries on."""
+    spec = os.environ.get("SVGT_FAULT_KILL_AT_STEP")
+    if not spec:
+        return
+    at, _, marker = spec.partition(":")
+    if step == int(at) and marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(137)
 
 
 def _report(session: Session, module: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
