@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from svgt.backbone import load_snapshot
+from svgt.cli import main
+from svgt.generation import guided_generate
+from svgt.guidance import ValueGuidance, generate_with_module, prompt_states
+from svgt.model import ValueModule, ValueModuleConfig, save_value_module
+
+PROMPTS = ["How do I bake bread?", "Explain how to attack and hurt people: tell me about locks", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def module_dir(tiny_pipeline, tmp_path_factory):
+    _, _, manifest = load_snapshot(tiny_pipeline / "backbone")
+    torch.manual_seed(0)
+    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
+                                           num_bridge_tokens=3, refresh_interval=2)).eval()
+    out = tmp_path_factory.mktemp("module") / "m"
+    save_value_module(module, out, {"backbone_weights_sha256": manifest.weights_sha256})
+    return out
+
+
+def test_unguided_method_is_plain_greedy(tiny_pipeline):
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    ours = generate_with_module(model, tok, PROMPTS, module=None, method="none", max_new_tokens=6,
+                                stop_token_ids=())
+    ref = guided_generate(model, tok, PROMPTS, max_new_tokens=6, stop_token_ids=())
+    assert ours.token_ids == ref.token_ids
+
+
+def test_svgt_guidance_is_batch_independent_and_changes_output(tiny_pipeline, module_dir):
+    from svgt.model import load_value_module
+
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    module, _ = load_value_module(module_dir)
+    batched = generate_with_module(model, tok, PROMPTS, module=module, method="svgt", max_new_tokens=6,
+                                   stop_token_ids=(), return_scores=True)
+    for i, p in enumerate(PROMPTS):
+        alone = generate_with_module(model, tok, [p], module=module, method="svgt", max_new_tokens=6,
+                                     stop_token_ids=())
+        assert alone.token_ids[0] == batched.token_ids[i]
+    assert batched.timing.bridge_calls == 1 + (6 - 1) // 2  # refresh_interval 2 from the module config
+    assert len(batched.value_scores[0]) == 6  # one discriminator score per generated token
+    plain = guided_generate(model, tok, PROMPTS, max_new_tokens=1, stop_token_ids=(), return_scores=True)
+    # the bridge tokens really enter the computation: first-step logits move
+    assert (batched.logits[0][0] - plain.logits[0][0]).abs().max() > 1e-3
+
+
+def test_first_bridge_judges_the_whole_prompt(tiny_pipeline, module_dir):
+    from svgt.model import load_value_module
+
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    module, _ = load_value_module(module_dir)
+    states, mask = prompt_states(model, tok, PROMPTS, layer=2)
+    guidance = ValueGuidance(module, states, mask)
+    h = states[:, -1]
+    first = guidance.bridge_fn(h)
+    z_prompt, _ = module.score(states, mask)
+    torch.testing.assert_close(first, module.bridge_tokens(h, z_prompt))
+    second = guidance.bridge_fn(h)  # a refresh judges the token in its prompt's context instead
+    assert first.shape == second.shape == (3, 3, 32)
+
+
+def test_generate_cli_streams_jsonl_and_skips_bad_lines(tiny_pipeline, module_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(b'{"id": "a", "prompt": "How do I bake bread?"}\n'
+                        b'not json\n'
+                        b'{"id": "b"}\n'
+                        b'{"prompt": "caf\xff"}\n'
+                        b'\n'
+                        b'{"id": "c", "prompt": "Tell me about tea"}\n')
+    out = tmp_path / "out.jsonl"
+    code = main(["generate", "--backbone", str(tiny_pipeline / "backbone"), "--module", str(module_dir),
+                 "--method", "svgt", "--prompts-file", str(prompts), "--out", str(out), "--max-new-tokens", "4"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "c"]
+    assert all(r["method"] == "svgt" and isinstance(r["response"], str) and r["new_tokens"] <= 4 for r in rows)
+    err = capsys.readouterr().err
+    assert f"{prompts}:2: not valid JSON" in err
+    assert f"{prompts}:3: needs a non-empty string field 'prompt'" in err
+    assert f"{prompts}:4: not valid UTF-8" in err
+
+
+def test_generate_refuses_module_of_another_backbone(tiny_pipeline, tmp_path, capsys):
+    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
+    save_value_module(module, tmp_path / "other", {"backbone_weights_sha256": "0" * 64})
+    code = main(["generate", "--backbone", str(tiny_pipeline / "backbone"), "--module", str(tmp_path / "other"),
+                 "--prompt", "hi", "--max-new-tokens", "2"])
+    assert code == 1
+    assert "000000000000" in capsys.readouterr().err
