@@ -103,7 +103,8 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
                                prompts_file=args.prompts_file, out=out, max_new_tokens=args.max_new_tokens,
                                refresh_interval=args.refresh_interval, batch_size=args.batch_size,
                                chat_template=not args.no_chat_template, do_sample=args.temperature > 0,
-                               temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed)
+                               temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
+                               tracking_uri=params.registry.tracking_uri)
     finally:
         if args.out:
             out.close()
@@ -122,6 +123,31 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
                                 generations_path=args.generations)
     print(Path(args.report).read_text(encoding="utf-8"))
     del results
+
+
+def cmd_register(params: Params, args: argparse.Namespace) -> None:
+    import dataclasses
+    import subprocess
+
+    from svgt.gates import check_gates, format_gate_report, write_gate_report
+    from svgt.registry import register_module
+
+    report = check_gates(args.metrics, params.gates)
+    write_gate_report(report, args.metrics / "gates.json")
+    print(format_gate_report(report))
+    if not report.passed:
+        raise StepFailed(f"not registered: {len(report.failed)} gate(s) failed (see above)")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    version = register_module(args.module, report, params.registry, params=dataclasses.asdict(params),
+                              git_commit=commit)
+    print(f"registered {version.name} version {version.version} with alias(es) {', '.join(version.aliases)}")
+
+
+def cmd_promote(params: Params, args: argparse.Namespace) -> None:
+    from svgt.registry import promote
+
+    version = promote(params.registry, alias=args.alias, version=args.version, from_alias=args.from_alias)
+    print(f"{params.registry.model_name}@{args.alias} -> version {version}")
 
 
 def _require_validation(report_dir: Path, data: Path) -> None:
@@ -180,8 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
     p.add_argument("--report", default=Path("reports/eval.md"), type=Path)
     p.add_argument("--generations", default=Path("reports/generations.jsonl"), type=Path)
+    p = add("register", cmd_register, "check the evaluation gates; register the module (alias challenger) if all pass")
+    p.add_argument("--module", default=Path("models/stage3"), type=Path)
+    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p = add("promote", cmd_promote, "move an alias (default production) to a gate-passed version")
+    p.add_argument("--alias", default="production")
+    p.add_argument("--version", default=None, type=int, help="default: the version holding --from-alias")
+    p.add_argument("--from-alias", default="challenger")
     p = add("generate", cmd_generate, "generate with or without a value module (JSONL in, JSONL out)")
-    p.add_argument("--module", default=None, help="value module directory or URL (models:/NAME@ALIAS later)")
+    p.add_argument("--module", default=None, help="value module: a directory, an fsspec URL or models:/NAME@ALIAS")
     p.add_argument("--method", default="svgt", choices=("none", "svgt", "svgt-inject"))
     p.add_argument("--prompt", default=None)
     p.add_argument("--prompts-file", default=None, type=Path)

@@ -72,7 +72,7 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
                  prompts_file: Path | None, out: IO[str], max_new_tokens: int = 128,
                  refresh_interval: int | None = None, batch_size: int = 8, chat_template: bool = True,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None) -> GenerateSummary:
+                 seed: int | None = None, tracking_uri: str | None = None) -> GenerateSummary:
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: choose from {', '.join(METHODS)}")
     model, tokenizer, manifest = load_snapshot(backbone_dir)
@@ -80,7 +80,8 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
     if module_uri is not None:
         from svgt.registry_uri import resolve_module_uri
 
-        module, _ = load_value_module(resolve_module_uri(module_uri), expected_backbone_sha256=manifest.weights_sha256)
+        module, _ = load_value_module(resolve_module_uri(module_uri, tracking_uri),
+                                      expected_backbone_sha256=manifest.weights_sha256)
     elif method != "none":
         raise ValueError(f"--method {method} needs --module")
     runner = BlockRunner(model)

@@ -57,8 +57,11 @@ def train_stage(params: Params, stage: int, *, hidden_dir: Path, data_path: Path
     if stage in (2, 3) and init_module is None:
         raise ValueError(f"stage {stage} needs --init (the module exported by stage {stage - 1})")
     t0 = time.perf_counter()
-    job = job_from_params(stage, params.model, params.train, hidden_dir=str(hidden_dir), data_path=str(data_path),
-                          backbone_dir=str(backbone_dir), init_module=str(init_module) if init_module else None)
+    # Ray workers do not share the driver's working directory: hand them absolute paths (on a cluster
+    # these must be on storage every node sees)
+    job = job_from_params(stage, params.model, params.train, hidden_dir=str(hidden_dir.resolve()),
+                          data_path=str(data_path.resolve()), backbone_dir=str(backbone_dir.resolve()),
+                          init_module=str(init_module.resolve()) if init_module else None)
     fingerprint = _fingerprint(hidden_dir, data_path, *( [init_module] if init_module else []))
     outcome = run_stage(job, fingerprint)
     train_seconds = time.perf_counter() - t0

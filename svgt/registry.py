@@ -1,0 +1,258 @@
+"""MLflow model registry for value modules: register gate-passing modules, promote them by alias.
+
+Lifecycle (aliases, not the deprecated stages)::
+
+    register_module(...)   new version of cfg.model_name, alias "challenger" -> it
+    promote(cfg)           alias "production" -> the version holding "challenger", if its gates_passed tag is "true"
+    resolve_module_uri("models:/svgt-value-module@production")   downloaded + checksum-verified local directory
+
+Every call uses an explicit ``MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)``; the
+process-global MLflow URIs and the fluent active-run API are never touched, so a test or a flow can talk to
+several stores. Nothing taken from the environment is written to params or tags, and values that look like
+credentials (URL userinfo, values of secret-looking environment variables) are redacted before logging.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from svgt.config import RegistryConfig
+from svgt.gates import GateReport, format_gate_report
+from svgt.io import MANIFEST, sha256_file
+from svgt.registry_uri import (
+    MODULE_ARTIFACT,
+    ModelRef,
+    RegistryError,
+    download_version,
+    mlflow_client,
+    redact_url,
+    resolve_module_uri,
+    resolve_version,
+    verify_module_dir,
+)
+
+__all__ = ["RegisteredVersion", "RegistryError", "promote", "register_module", "resolve_module_uri"]
+
+CHALLENGER = "challenger"
+PRODUCTION = "production"
+GATES_PASSED_TAG = "gates_passed"
+_MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
+_MAX_TAG_LEN = 8000  # MLflow's limit for a run tag value
+_BATCH = 100  # MLflow's limit for params/tags in one log_batch
+_SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_KEY|CREDENTIAL|PRIVATE_KEY|AUTH", re.I)
+_SECRET_KEY = re.compile(r"secret|password|passwd|api_?key|access_key|credential|private_key|(^|\.)(key|token)$",
+                         re.I)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: int
+    run_id: str
+    aliases: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------- redaction
+
+def _secret_values() -> list[str]:
+    """Values of secret-looking environment variables (long enough that replacing them is safe)."""
+    return sorted({v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8}, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    text = redact_url(text)
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def _flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, data
+
+
+def _param_items(params: dict[str, Any], secrets: list[str]) -> dict[str, str]:
+    out = {}
+    for key, value in _flatten(params):
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        text = "***" if _SECRET_KEY.search(key) and value not in (None, "") else _redact(text, secrets)
+        out[_metric_key(key)] = text[:_MAX_PARAM_LEN]
+    return out
+
+
+def _metric_key(key: str) -> str:
+    return re.sub(r"[^\w.\- /]", "_", key)[:250]
+
+
+def _metric_items(metadata: dict[str, Any], report: GateReport) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in _flatten(metadata.get("metrics") or {}):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[_metric_key(key)] = float(value)
+    for r in report.results:
+        if r.measured is not None and math.isfinite(r.measured):
+            out[f"gate.{r.name}"] = float(r.measured)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- MLflow helpers
+
+def _ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage != "active":
+            raise RegistryError(f"MLflow experiment {name!r} is deleted; restore it or set another "
+                                "registry.experiment")
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name, description="SVGT value modules (svgt.registry); aliases: "
+                                                          f"{CHALLENGER} = newest gate-passing, {PRODUCTION} = served")
+
+
+def _log_batch(client: Any, run_id: str, *, params: dict[str, str], metrics: dict[str, float],
+               tags: dict[str, str]) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
+    now = get_current_time_millis()
+    p = [Param(k, v) for k, v in params.items()]
+    t = [RunTag(k, v[:_MAX_TAG_LEN]) for k, v in tags.items()]
+    m = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for i in range(0, max(len(p), len(t), 1), _BATCH):
+        client.log_batch(run_id, params=p[i:i + _BATCH], tags=t[i:i + _BATCH])
+    for i in range(0, len(m), 1000):
+        client.log_batch(run_id, metrics=m[i:i + 1000])
+
+
+def _verify_logged(client: Any, name: str, version: int | str) -> None:
+    target = Path(tempfile.mkdtemp(prefix="svgt-verify-"))
+    try:
+        local = download_version(client, name, version, target)
+        verify_module_dir(local, f"models:/{name}/{version}")
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _abandon(client: Any, run_id: str, name: str, mv: Any) -> None:
+    """Best-effort cleanup after a failed registration: no half-registered version is left to promote."""
+    try:
+        if mv is not None:
+            client.delete_model_version(name, mv.version)
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # the original error is the one to report
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+def register_module(module_dir: str | Path, gate_report: GateReport, cfg: RegistryConfig, *, params: dict[str, Any],
+                    git_commit: str | None, artifact_location: str | None = None) -> RegisteredVersion:
+    """Log ``module_dir`` to an MLflow run and register it as a new version of ``cfg.model_name``.
+
+    Refuses (RegistryError; nothing is logged or registered) when the gates did not pass or the module's files
+    do not match its manifest. ``artifact_location`` is used only when ``cfg.experiment`` is created here
+    (default: the tracking store's default artifact root). The new version gets alias ``challenger``.
+    """
+    module_dir = Path(module_dir)
+    if not isinstance(gate_report, GateReport):
+        raise RegistryError(f"refusing to register {module_dir}: expected a GateReport from svgt.gates.check_gates, "
+                            f"got {type(gate_report).__name__}")
+    if not gate_report.passed:
+        failed = ", ".join(r.name for r in gate_report.failed) or "unknown"
+        raise RegistryError(f"refusing to register {module_dir}: quality gates failed ({failed})\n"
+                            + format_gate_report(gate_report))
+    if not module_dir.is_dir():
+        raise RegistryError(f"refusing to register {module_dir}: no such directory")
+    metadata = verify_module_dir(module_dir, f"refusing to register {module_dir}")
+    backbone_sha = metadata.get("backbone_weights_sha256")
+    if not backbone_sha:
+        raise RegistryError(f"refusing to register {module_dir}: its metadata records no backbone_weights_sha256, "
+                            "so it could never be checked against a backbone")
+
+    secrets = _secret_values()
+    gates_json = json.dumps(gate_report.to_dict(), sort_keys=True)
+    tags = {
+        "backbone_source": _redact(str(metadata.get("backbone_source", "unknown")), secrets),
+        "backbone_weights_sha256": str(backbone_sha),
+        "data_sha256": str(metadata.get("data_sha256") or "unknown"),
+        "git_commit": _redact(git_commit, secrets) if git_commit else "unknown",
+        GATES_PASSED_TAG: "true",
+        "gate_results": gates_json,
+        "manifest_sha256": sha256_file(module_dir / MANIFEST),
+        "module_stage": str(metadata.get("stage", "unknown")),
+    }
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(cfg.tracking_uri)
+    try:
+        experiment_id = _ensure_experiment(client, cfg.experiment, artifact_location)
+        _ensure_registered_model(client, cfg.model_name)
+        run = client.create_run(experiment_id, run_name=f"register-{cfg.model_name}",
+                                tags={k: v for k, v in tags.items() if k != "gate_results"})
+    except MlflowException as err:
+        raise RegistryError(f"registering {module_dir}: MLflow at {redact_url(cfg.tracking_uri)} failed: "
+                            f"{err.message}") from err
+    run_id = run.info.run_id
+    mv = None
+    try:
+        client.log_artifacts(run_id, str(module_dir), MODULE_ARTIFACT)
+        client.log_text(run_id, gates_json, "gates.json")
+        _log_batch(client, run_id, params=_param_items(params, secrets), metrics=_metric_items(metadata, gate_report),
+                   tags={"gate_results": gates_json})
+        source = f"{run.info.artifact_uri.rstrip('/')}/{MODULE_ARTIFACT}"
+        mv = client.create_model_version(cfg.model_name, source, run_id=run_id, tags=tags,
+                                         description=format_gate_report(gate_report))
+        _verify_logged(client, cfg.model_name, mv.version)  # what was stored is what was checked
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
+    except (MlflowException, OSError, RegistryError) as err:
+        _abandon(client, run_id, cfg.model_name, mv)
+        raise RegistryError(f"registering {module_dir} as {cfg.model_name} failed: {err}") from err
+    except BaseException:
+        _abandon(client, run_id, cfg.model_name, mv)
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    mv = client.get_model_version(cfg.model_name, mv.version)
+    return RegisteredVersion(cfg.model_name, int(mv.version), run_id, tuple(sorted(mv.aliases)))
+
+
+def promote(cfg: RegistryConfig, alias: str = PRODUCTION, version: int | None = None,
+            from_alias: str = CHALLENGER, *, verify: bool = True) -> int:
+    """Point ``alias`` at ``version`` (default: the version holding ``from_alias``) and return that version.
+
+    Refused (RegistryError) unless the version's ``gates_passed`` tag is exactly "true"; with ``verify`` its files
+    are also downloaded and checked against the module manifest first.
+    """
+    client = mlflow_client(cfg.tracking_uri)
+    ref = ModelRef(cfg.model_name, alias=from_alias) if version is None else ModelRef(cfg.model_name, version=version)
+    mv = resolve_version(client, ref)
+    tag = mv.tags.get(GATES_PASSED_TAG)
+    if tag != "true":
+        raise RegistryError(f"refusing to point {alias!r} at {cfg.model_name} version {mv.version}: its "
+                            f"{GATES_PASSED_TAG} tag is {tag!r}, and only versions that passed every quality gate "
+                            "(tag \"true\") can be promoted")
+    if verify:
+        _verify_logged(client, cfg.model_name, mv.version)
+    client.set_registered_model_alias(cfg.model_name, alias, mv.version)
+    return int(mv.version)
