@@ -1,0 +1,1 @@
+"""Prefect flows for the svgt pipeline: thin wiring around the same step functions `svgt <step>` runs."""

@@ -1,0 +1,38 @@
+"""Flow: point a registry alias (default ``production``) at a version (default: the current ``challenger``).
+
+Run it with ``python -m flows.promote [--alias production] [--version N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow
+
+from flows import tasks as t
+
+
+@flow(name="promote-value-module", log_prints=True)
+def promote(alias: str = "production", version: int | None = None, from_alias: str = "challenger",
+            params_path: str = "params.yaml", workdir: str = ".") -> int:
+    """Move ``alias`` to ``version`` (or to the version ``from_alias`` points at) and return that version."""
+    with t.working_directory(workdir):  # registry.tracking_uri may be a relative sqlite:/// path
+        promoted = t.promote_alias(params_path, alias, version, from_alias)
+    print(f"@{alias} -> version {promoted}")
+    return promoted
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__.split("\n")[0])
+    parser.add_argument("--alias", default="production")
+    parser.add_argument("--version", type=int, default=None, help="default: the version --from-alias points at")
+    parser.add_argument("--from-alias", default="challenger")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--workdir", default=".")
+    args = parser.parse_args(argv)
+    promote(alias=args.alias, version=args.version, from_alias=args.from_alias, params_path=args.params,
+            workdir=args.workdir)
+
+
+if __name__ == "__main__":
+    main()
