@@ -31,7 +31,14 @@ from svgt.model.bridge import manifold_regulariser
 from svgt.training.job import StageJob
 from svgt.training.loop import LoopSpec, Session, run_loop
 from svgt.training.losses import response_ce, safety_loss
-from svgt.training.stages import average_gradients, epoch_batches, initial_module, optimizer_for_stage, shard_for_rank
+from svgt.training.stages import (
+    average_gradients,
+    epoch_batches,
+    initial_module,
+    optimizer_for_stage,
+    shard_for_rank,
+    training_device,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class TargetExample:
 
 
 def load_targets(store: HiddenStateStore, frame: pd.DataFrame, tokenizer, split: str, max_tokens: int,
-                 max_rows: int, seed: int) -> list[TargetExample]:
+                 max_rows: int, seed: int, device: torch.device | str = "cpu") -> list[TargetExample]:
     rows = frame[stage_mask(frame, "stage3") & (frame["split"] == split)].set_index("id")
     if max_rows and len(rows) > max_rows:
         keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
@@ -56,15 +63,15 @@ def load_targets(store: HiddenStateStore, frame: pd.DataFrame, tokenizer, split:
         t = min(max_tokens, ex.response_states.shape[0])
         if t == 0:
             continue
-        out.append(TargetExample(ex.id, ex.prompt_states.float(), ex.response_states[:t].float(),
-                                 torch.tensor(ids[:t], dtype=torch.long)))
+        out.append(TargetExample(ex.id, ex.prompt_states.float().to(device), ex.response_states[:t].float().to(device),
+                                 torch.tensor(ids[:t], dtype=torch.long, device=device)))
     return out
 
 
 def _pad(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(s.shape[0] for s in seqs)
     out = seqs[0].new_zeros((len(seqs), width, *seqs[0].shape[1:]))
-    mask = torch.zeros(len(seqs), width, dtype=torch.bool)
+    mask = torch.zeros(len(seqs), width, dtype=torch.bool, device=seqs[0].device)
     for i, s in enumerate(seqs):
         out[i, : s.shape[0]] = s
         mask[i, : s.shape[0]] = True
@@ -91,7 +98,8 @@ class BehaviourObjective:
     def _losses(self, logits, above, rows, starts, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
         """CE on each response token from the row before it; safety on the response rows of block l*+1."""
         t = max(len(e.response_ids) for e in batch)
-        idx = torch.stack([s + torch.arange(t) for s in starts])  # rows holding the response tokens
+        # the rows holding the response tokens
+        idx = torch.stack([s + torch.arange(t, device=starts.device) for s in starts])
         pred = idx - 1  # the row before each response token predicts it
         targets, tmask = _pad([e.response_ids for e in batch])
         gather = pred.clamp(max=logits.shape[1] - 1)
@@ -109,10 +117,11 @@ class BehaviourObjective:
         k = bridge.shape[1]
         seqs = [torch.cat([e.prompt_states, bridge[i], e.response_states]) for i, e in enumerate(batch)]
         hidden, mask = _pad(seqs)
-        positions = torch.stack([torch.arange(hidden.shape[1]) for _ in batch]) * mask
+        dev = hidden.device
+        positions = torch.stack([torch.arange(hidden.shape[1], device=dev) for _ in batch]) * mask
         above, logits = self._upper(hidden, positions, mask)
-        rows = torch.arange(len(batch))
-        starts = torch.tensor([e.prompt_states.shape[0] + k for e in batch])
+        rows = torch.arange(len(batch), device=dev)
+        starts = torch.tensor([e.prompt_states.shape[0] + k for e in batch], device=dev)
         out = self._losses(logits, above, rows, starts, batch, prompt, prompt_mask)
         out["reg"] = manifold_regulariser(bridge, h_v, self.module.config.reg_margin)
         out["total"] = self.w_ce * out["ce"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
@@ -124,21 +133,22 @@ class BehaviourObjective:
         for i, e in enumerate(batch):
             # the positions that predict response tokens: the last prompt token and the response tokens
             states = torch.cat([e.prompt_states[-1:], e.response_states[:-1]])
-            ones = torch.ones(states.shape[0], 1, dtype=torch.bool)
+            ones = torch.ones(states.shape[0], 1, dtype=torch.bool, device=states.device)
             ctx = prompt[i: i + 1].expand(states.shape[0], -1, -1)
             with torch.no_grad():
                 z, _ = self.module.score(states[:, None], ones, ctx, prompt_mask[i: i + 1].expand(states.shape[0], -1))
             delta = self.module.inject_delta(z)
             m = e.prompt_states.shape[0]
-            pad = torch.zeros(m - 1, delta.shape[-1])
+            pad = delta.new_zeros(m - 1, delta.shape[-1])
             seqs.append(torch.cat([e.prompt_states, e.response_states]))
-            deltas.append(torch.cat([pad, delta, torch.zeros(1, delta.shape[-1])]))
+            deltas.append(torch.cat([pad, delta, delta.new_zeros(1, delta.shape[-1])]))
         hidden, mask = _pad(seqs)
         delta, _ = _pad(deltas)
-        positions = torch.stack([torch.arange(hidden.shape[1]) for _ in batch]) * mask
+        dev = hidden.device
+        positions = torch.stack([torch.arange(hidden.shape[1], device=dev) for _ in batch]) * mask
         above, logits = self._upper(hidden + delta, positions, mask)
-        rows = torch.arange(len(batch))
-        starts = torch.tensor([e.prompt_states.shape[0] for e in batch])
+        rows = torch.arange(len(batch), device=dev)
+        starts = torch.tensor([e.prompt_states.shape[0] for e in batch], device=dev)
         out = self._losses(logits, above, rows, starts, batch, prompt, prompt_mask)
         out["total"] = self.w_ce * out["ce"] + self.w_safe * out["safety"]
         return out
@@ -150,9 +160,10 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
     torch.manual_seed(t.seed)
     store = HiddenStateStore(job.hidden_dir)
     frame = pd.read_parquet(job.data_path)
-    model, tokenizer, _ = load_snapshot(job.backbone_dir, dtype="float32")
+    device = training_device(t.ray.use_gpu)
+    model, tokenizer, _ = load_snapshot(job.backbone_dir, dtype="float32", device=str(device))
     runner = BlockRunner(model)
-    module = initial_module(job, store)
+    module = initial_module(job, store).to(device)
     optimizer = optimizer_for_stage(module, job)
     if not cfg.train_inject:
         module.inject.requires_grad_(False)
@@ -160,8 +171,8 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     objective = BehaviourObjective(module, runner, (cfg.w_ce, cfg.w_safe, cfg.w_reg))
     train = shard_for_rank(load_targets(store, frame, tokenizer, "train", cfg.max_response_tokens,
-                                        cfg.max_train_rows, t.seed), session.rank, session.world_size)
-    val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed)
+                                        cfg.max_train_rows, t.seed, device), session.rank, session.world_size)
+    val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed, device)
 
     def train_step(batch: list[TargetExample]) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)

@@ -58,6 +58,19 @@ def optimizer_for_stage(module: ValueModule, job: StageJob) -> torch.optim.Optim
     return torch.optim.AdamW(spec, weight_decay=wd)
 
 
+def training_device(use_gpu: bool) -> torch.device:
+    """The worker's device: its GPU when the job asked for GPUs (Ray sets CUDA_VISIBLE_DEVICES), else CPU."""
+    if not use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.ray.use_gpu is true but no CUDA device is visible to this worker")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def shard_for_rank(items: Sequence, rank: int, world: int) -> list:
     """Equal-sized shards, so every worker reports the same number of times (Ray Train requires it)."""
     usable = len(items) // world * world
@@ -86,11 +99,12 @@ def score_examples(module: ValueModule, examples: Sequence[SequenceExample], bat
                    use_prompt: bool = True) -> np.ndarray:
     module.eval()
     out = []
+    device = next(module.parameters()).device
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size])
+        batch = to_device(collate(examples[start:start + batch_size]), device)
         prompt = (batch.get("prompt_states"), batch.get("prompt_mask")) if use_prompt else (None, None)
         _, s = module.score(batch["states"], batch["mask"], *prompt)
-        out.append(s.float())
+        out.append(s.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -108,7 +122,8 @@ def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = T
     store = HiddenStateStore(job.hidden_dir)
     frame = pd.read_parquet(job.data_path)
     view = f"stage{job.stage}"
-    module = initial_module(job, store)
+    device = training_device(t.ray.use_gpu)
+    module = initial_module(job, store).to(device)
     optimizer = optimizer_for_stage(module, job)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     train = shard_for_rank(load_stage_examples(store, frame, view, "train", cfg.max_tokens), session.rank,
@@ -116,6 +131,7 @@ def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = T
     val = load_stage_examples(store, frame, view, "val", cfg.max_tokens)
 
     def train_step(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        batch = to_device(batch, device)
         _, s = module.score(batch["states"], batch["mask"], batch.get("prompt_states"), batch.get("prompt_mask"))
         loss = discrimination_loss(s, batch["labels"])
         optimizer.zero_grad(set_to_none=True)
