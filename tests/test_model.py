@@ -266,10 +266,14 @@ def test_bridge_initial_gate_and_closed_gate():
     assert bridge.alpha.item() == pytest.approx(0.127, abs=1e-3)
     with torch.no_grad():
         bridge.gate.fill_(-30.0)
-        bridge.norm.weight.normal_()  # a trained affine LayerNorm: the comparison must use the bridge's norm
-        h_v = torch.randn(4, D) * 5
+        h_v = torch.randn(4, D) * 5 + 1.5
         out = bridge(h_v, torch.randn(4, DV))
-        expected = bridge.norm(h_v).unsqueeze(1).expand(4, K, D)
+    # a closed gate inserts the anchor itself, K times, on the anchor's own scale
+    torch.testing.assert_close(out, h_v.unsqueeze(1).expand(4, K, D), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        bridge.norm.weight.normal_()  # a trained affine LayerNorm: the comparison must use the bridge's norm
+        out = bridge(h_v, torch.randn(4, DV))
+        expected = bridge.anchor_norm(h_v.unsqueeze(1).expand(4, K, D), h_v)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
@@ -280,7 +284,9 @@ def test_bridge_is_attention_over_the_two_entry_bank():
         bridge.queries.zero_()  # uniform attention: B_raw = (h_v + proj(dz)) / 2 for every token
         out = bridge(h_v, dz)
         raw = (h_v + bridge.proj(dz)) / 2
-        expected = F.layer_norm(h_v + F.softplus(torch.tensor(0.5)) * raw, (D,)).unsqueeze(1).expand(2, K, D)
+        normed = F.layer_norm(h_v + F.softplus(torch.tensor(0.5)) * raw, (D,))
+        spread = h_v.std(-1, unbiased=False, keepdim=True)
+        expected = (normed * spread + h_v.mean(-1, keepdim=True)).unsqueeze(1).expand(2, K, D)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -298,7 +304,8 @@ def test_bridge_attention_is_scaled_by_sqrt_d():
                 logits = torch.stack([bridge.queries[k] @ c for c in bank]) / math.sqrt(D)
                 w = torch.softmax(logits, 0)
                 raw = w[0] * bank[0] + w[1] * bank[1]
-                expected = bridge.norm(h_v[b] + F.softplus(torch.tensor(1.0)) * raw)
+                normed = bridge.norm(h_v[b] + F.softplus(torch.tensor(1.0)) * raw)
+                expected = normed * h_v[b].std(unbiased=False) + h_v[b].mean()
                 torch.testing.assert_close(out[b, k], expected, atol=1e-5, rtol=1e-5)
 
 

@@ -2,9 +2,14 @@
 
 Bridge (SVGT): a two-entry bank C = [h_v ; proj(dz)] ([B, 2, d]); K learned seed queries Q retrieve from it
 with single-head scaled dot-product attention, B_raw = softmax(Q C^T / sqrt(d)) C, and the output is
-anchored on h_v through a gated residual, B = LayerNorm(1_K h_v + softplus(gate) * B_raw). Tokens built as
-mixtures of h_v and a projection stay near the backbone's manifold; the small initial gate (softplus(-2)
-~ 0.127) keeps early training close to "insert LayerNorm(h_v) K times".
+anchored on h_v through a gated residual, B = LN_h(1_K h_v + softplus(gate) * B_raw).
+
+LN_h is the paper's LayerNorm (learnable affine) mapped back onto the anchor's own statistics:
+LN_h(x) = LayerNorm(x) * std(h_v) + mean(h_v), per row. A plain LayerNorm puts every bridge token at norm
+~sqrt(d), far from the backbone's layer-l* scale (SmolLM2-135M, layer 15: |h_v| ~ 137 vs sqrt(576) = 24),
+which the later layers read as off-manifold outliers and generation degrades. With LN_h a closed gate
+gives exactly K copies of h_v, and the manifold regulariser starts near zero. The small initial gate
+(softplus(-2) ~ 0.127) keeps early training close to "insert h_v K times".
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ class LatentValueBridge(nn.Module):
         bank = torch.stack([h_v, self.proj(dz.to(self.queries.dtype))], dim=1)  # C: [B, 2, d]
         weights = torch.softmax(torch.einsum("kd,bnd->bkn", self.queries, bank) / math.sqrt(self.hidden_size), -1)
         raw = torch.einsum("bkn,bnd->bkd", weights, bank)  # B_raw: [B, K, d]
-        return self.norm(h_v.unsqueeze(1) + self.alpha * raw)
+        return self.anchor_norm(h_v.unsqueeze(1) + self.alpha * raw, h_v)
+
+    def anchor_norm(self, x: torch.Tensor, h_v: torch.Tensor) -> torch.Tensor:
+        """LayerNorm of ``x`` [B, K, d] rescaled to the mean and spread of its anchor ``h_v`` [B, d]."""
+        mean = h_v.mean(dim=-1, keepdim=True).unsqueeze(1)
+        std = h_v.std(dim=-1, unbiased=False, keepdim=True).unsqueeze(1)
+        return self.norm(x) * std + mean
 
 
 def manifold_regulariser(bridge: torch.Tensor, h_v: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
