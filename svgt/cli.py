@@ -48,6 +48,13 @@ def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
     print(f"canonical dataset {args.out}: {summary}")
 
 
+def cmd_card(params: Params, args: argparse.Namespace) -> None:
+    from svgt.data.card import write_full_card
+
+    write_full_card(args.summary, args.extract_metrics, args.out)
+    print(f"dataset card with extraction statistics: {args.out}")
+
+
 def cmd_validate(params: Params, args: argparse.Namespace) -> None:
     from svgt.data.validation import format_failures, validate_dataset
 
@@ -190,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", default=DEFAULTS["validation"], type=Path)
     p.add_argument("--out", default=DEFAULTS["hidden"], type=Path)
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p = add("card", cmd_card, "dataset card including the hidden-state extraction statistics")
+    p.add_argument("--summary", default=Path("data/values/CARD.json"), type=Path)
+    p.add_argument("--extract-metrics", default=Path("metrics/extract.json"), type=Path)
+    p.add_argument("--out", default=Path("reports/dataset_card.md"), type=Path)
     p = add("train", cmd_train, "train one curriculum stage as a Ray Train job")
     p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     p.add_argument("--init", type=Path, default=None, help="module exported by the previous stage")

@@ -150,3 +150,20 @@ def test_refusals_are_deterministic_varied_and_topic_aware():
         benign.refusal_for(f"r{i}", "self_harm", 0) in benign.REFUSAL_TEMPLATES["self_harm"]
         for i in range(20)
     )
+
+
+def test_full_card_adds_extraction_numbers(tmp_path):
+    import json
+
+    from tiny import canonical_frame
+
+    from svgt.data.card import Provenance, write_dataset_card, write_full_card
+
+    frame = canonical_frame(12)
+    write_dataset_card(frame, Provenance(kind="sources", seed=1), tmp_path / "CARD.md")
+    (tmp_path / "extract.json").write_text(json.dumps(
+        {"layer": 15, "examples": {"train": 4, "val": 4, "test": 4}, "tokens": 1234, "tokens_per_second": 531.0,
+         "wall_seconds": 12.5, "prompts_truncated": 1, "responses_truncated": 2}))
+    text = write_full_card(tmp_path / "CARD.json", tmp_path / "extract.json", tmp_path / "full.md")
+    assert "Layer l* = 15; 12 examples (train 4, val 4, test 4); 1234 tokens in 12.5 s wall (531.0 tokens/s" in text
+    assert "| train | 4 |" in text and (tmp_path / "full.md").read_text() == text

@@ -187,8 +187,33 @@ def _provenance_md(p: Provenance) -> list[str]:
     return out
 
 
-def render_card(summary: dict[str, Any], provenance: Provenance) -> str:
-    """The Markdown card for ``summary`` (see :func:`dataset_summary`)."""
+def provenance_from_dict(data: dict[str, Any]) -> Provenance:
+    """Inverse of ``dataclasses.asdict`` for the provenance stored in the card's JSON summary."""
+    return Provenance(
+        kind=data["kind"], seed=data["seed"],
+        sources=[SourceRecord(**{**r, "members": tuple(r.get("members", ()))}) for r in data.get("sources", [])],
+        wheels=[WheelRecord(**{**w, "members": tuple(w.get("members", ()))}) for w in data.get("wheels", [])],
+        notes=list(data.get("notes", [])), counters=dict(data.get("counters", {})))
+
+
+def _extraction_md(x: dict[str, Any]) -> list[str]:
+    """The hidden-state extraction section (numbers from ``metrics/extract.json``)."""
+    examples = x.get("examples", {})
+    return [
+        "## Hidden-state extraction",
+        "",
+        f"Layer l* = {x.get('layer')}; {sum(examples.values())} examples "
+        f"({', '.join(f'{k} {v}' for k, v in examples.items())}); {x.get('tokens')} tokens in "
+        f"{x.get('wall_seconds')} s wall ({x.get('tokens_per_second')} tokens/s of compute); "
+        f"{x.get('prompts_truncated')} prompts and {x.get('responses_truncated')} responses truncated "
+        "(prompts keep their last `extract.max_prompt_tokens` tokens, responses their first "
+        "`extract.max_response_tokens`).",
+        "",
+    ]
+
+
+def render_card(summary: dict[str, Any], provenance: Provenance, extraction: dict[str, Any] | None = None) -> str:
+    """The Markdown card for ``summary`` (see :func:`dataset_summary`), plus extraction numbers if given."""
     s = summary
     lines = [
         "# Value dataset card",
@@ -261,6 +286,8 @@ def render_card(summary: dict[str, Any], provenance: Provenance) -> str:
         _table(["category", "rows"], [[k, v] for k, v in s["categories_top"].items()]),
         "",
     ]
+    if extraction:
+        lines += _extraction_md(extraction)
     lines += _provenance_md(provenance)
     return "\n".join(lines) + "\n"
 
@@ -276,3 +303,14 @@ def write_dataset_card(df: pd.DataFrame, provenance: Provenance, path: str | Pat
     write_text_atomic(path, render_card(summary, provenance))
     write_json_atomic(summary_path(path), summary)
     return summary
+
+
+def write_full_card(summary_json: str | Path, extraction_json: str | Path, out: str | Path) -> str:
+    """`svgt card`: the dataset card with the extraction statistics, once hidden states exist."""
+    import json
+
+    summary = json.loads(Path(summary_json).read_text(encoding="utf-8"))
+    extraction = json.loads(Path(extraction_json).read_text(encoding="utf-8"))
+    text = render_card(summary, provenance_from_dict(summary["provenance"]), extraction)
+    write_text_atomic(out, text)
+    return text
