@@ -35,6 +35,8 @@ STEP_ARGV: dict[str, list[str]] = {
     "validate": ["validate", "--data", "data/values/values.parquet", "--reports", "reports/validation"],
     "extract": ["extract", "--backbone", "data/backbone", "--data", "data/values/values.parquet",
                 "--validation", "reports/validation", "--out", "data/hidden", "--metrics", "metrics"],
+    "card": ["card", "--summary", "data/values/CARD.json", "--extract-metrics", "metrics/extract.json",
+             "--out", "reports/dataset_card.md"],
     "stage1": ["train", "--stage", "1", "--out", "models/stage1"],
     "stage2": ["train", "--stage", "2", "--init", "models/stage1", "--out", "models/stage2"],
     "stage3": ["train", "--stage", "3", "--init", "models/stage2", "--out", "models/stage3"],
@@ -43,7 +45,7 @@ STEP_ARGV: dict[str, list[str]] = {
     "register": ["register", "--module", "models/stage3", "--metrics", "metrics"],
 }
 # the order the flow runs them: a topological order of dvc.yaml's DAG
-STEP_ORDER = ("ingest", "validate", "backbone", "extract", "stage1", "stage2", "stage3", "evaluate", "register")
+STEP_ORDER = ("ingest", "validate", "backbone", "extract", "card", "stage1", "stage2", "stage3", "evaluate", "register")
 
 VALIDATION_SUMMARY = Path("reports/validation/validation_summary.json")
 METRICS_DIR = Path("metrics")
@@ -197,6 +199,12 @@ def extract(params_path: str) -> dict[str, Any]:
     """`svgt extract` (refuses data whose validation did not pass)."""
     run_step(params_path, STEP_ARGV["extract"])
     return _read_json(METRICS_DIR / "extract.json") or {}
+
+
+@_step_task("card")
+def card(params_path: str) -> None:
+    """`svgt card`: the dataset card with the extraction statistics."""
+    run_step(params_path, STEP_ARGV["card"])
 
 
 @_step_task("train", task_run_name="train-stage{stage}")

@@ -23,6 +23,7 @@ def train_value_module(params_path: str = "params.yaml", workdir: str = ".") -> 
         validation = t.validate(params_path)
         t.backbone(params_path)
         extracted = t.extract(params_path)
+        t.card(params_path)
         stages = {f"stage{stage}": t.train(params_path, stage) for stage in (1, 2, 3)}
         evaluation = t.evaluate(params_path)
         registered = t.register(params_path)  # quality gates first: a failed gate fails here, unregistered

@@ -25,7 +25,7 @@ from tiny import canonical_frame
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE_SHA = "c" * 64
 EVENT = "svgt.value-dataset.updated"
-STEP_TASKS = ("ingest", "validate", "backbone", "extract", "train", "evaluate", "register", "promote_alias")
+STEP_TASKS = ("ingest", "validate", "backbone", "extract", "card", "train", "evaluate", "register", "promote_alias")
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -215,7 +215,7 @@ def test_transient_failure_is_retried_and_the_task_states_say_so(passed_run):
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[passed_run.state.state_details.flow_run_id])))
     by_name = {r.name if r.name.startswith("train-stage") else r.name.rsplit("-", 1)[0]: r for r in runs}
-    assert set(by_name) == {"ingest", "validate", "backbone", "extract", "train-stage1", "train-stage2",
+    assert set(by_name) == {"ingest", "validate", "backbone", "extract", "card", "train-stage1", "train-stage2",
                             "train-stage3", "evaluate", "register"}
     assert by_name["extract"].run_count == 2  # ConnectionResetError once, then success
     assert all(r.run_count == 1 for name, r in by_name.items() if name != "extract")
