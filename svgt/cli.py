@@ -120,12 +120,10 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
-    from svgt.eval.guidance_eval import EvalConfig, evaluate_guidance
+    from svgt.eval.guidance_eval import evaluate_guidance
 
-    e = params.evaluate
-    cfg = EvalConfig(e.max_harmful_prompts, e.max_benign_prompts, e.max_new_tokens, e.batch_size, tuple(e.methods),
-                     e.seed)
-    results = evaluate_guidance(backbone_dir=args.backbone, module_dir=args.module, data_path=args.data, cfg=cfg,
+    results = evaluate_guidance(backbone_dir=args.backbone, module_dir=args.module, data_path=args.data,
+                                cfg=params.evaluate,
                                 metrics_path=args.metrics / "eval.json", report_path=args.report,
                                 generations_path=args.generations)
     print(Path(args.report).read_text(encoding="utf-8"))

@@ -11,7 +11,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,12 @@ import pandas as pd
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
+from svgt.config import EvaluateConfig
 from svgt.data.schema import normalize_prompt
 from svgt.eval.refusal import RefusalJudge
 from svgt.guidance import generate_with_module
 from svgt.io import atomic_path, write_json_atomic, write_text_atomic
 from svgt.model import load_value_module
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    max_harmful_prompts: int = 40
-    max_benign_prompts: int = 40
-    max_new_tokens: int = 48
-    batch_size: int = 8
-    methods: tuple[str, ...] = ("none", "svgt", "svgt-inject")
-    seed: int = 1234
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -64,7 +54,7 @@ def rate(judged: list[bool]) -> dict[str, Any]:
     return {"rate": k / n if n else math.nan, "k": k, "n": n, "ci95": [lo, hi]}
 
 
-def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, cfg: EvalConfig,
+def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, cfg: EvaluateConfig,
                       metrics_path: Path, report_path: Path, generations_path: Path) -> dict[str, Any]:
     model, tokenizer, manifest = load_snapshot(backbone_dir)
     module, meta = load_value_module(module_dir, expected_backbone_sha256=manifest.weights_sha256)
