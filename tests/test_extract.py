@@ -135,3 +135,21 @@ def test_ray_data_path_matches_local_path(tmp_path, tiny_snapshot, canonical_par
         for x, y in zip(a.iter_split(split), b.iter_split(split), strict=True):
             assert x.id == y.id
             torch.testing.assert_close(x.prompt_states, y.prompt_states, atol=1e-3, rtol=0)
+
+
+def test_store_refuses_non_finite_states(tmp_path, tiny_snapshot, canonical_parquet):
+    from safetensors.torch import load_file, save_file
+
+    from svgt.io import sha256_file
+
+    out = tmp_path / "hidden"
+    extract_hidden_states(tiny_snapshot, canonical_parquet, ExtractConfig(layer=2, shard_size=50), out, progress=False)
+    shard = out / "train-00000.safetensors"
+    tensors = load_file(shard)
+    tensors["prompt_states"][3, 5] = float("nan")
+    save_file(tensors, shard)
+    index = json.loads((out / "index.json").read_text())
+    index["splits"]["train"]["shards"][0]["sha256"] = sha256_file(shard)  # a consistent but poisoned shard
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ExtractionError, match="train-00000.safetensors: tensor 'prompt_states' contains NaN or inf"):
+        list(HiddenStateStore(out).iter_split("train"))

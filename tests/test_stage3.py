@@ -66,7 +66,7 @@ def test_teacher_forced_ce_matches_plain_forward_when_bridge_is_a_copy(tiny_pipe
                           init_module=None)
     module = new_value_module(job, store)
     objective = BehaviourObjective(module, BlockRunner(model), (1.0, 0.0, 0.0))
-    assert all(float(p.abs().sum()) == 0 for n, p in module.inject.named_parameters() if "weight" in n)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in module.inject.named_parameters() if "weight" in n)
     out = objective.inject_losses(targets)  # zero delta: plain teacher forcing through the upper blocks
     # reference: the model's own forward on prompt + response tokens
     from svgt.backbone.text import encode_prompt, encode_response
