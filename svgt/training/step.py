@@ -62,7 +62,7 @@ def train_stage(params: Params, stage: int, *, hidden_dir: Path, data_path: Path
     job = job_from_params(stage, params.model, params.train, hidden_dir=str(hidden_dir.resolve()),
                           data_path=str(data_path.resolve()), backbone_dir=str(backbone_dir.resolve()),
                           init_module=str(init_module.resolve()) if init_module else None)
-    fingerprint = _fingerprint(hidden_dir, data_path, *( [init_module] if init_module else []))
+    fingerprint = _fingerprint(hidden_dir, data_path, *([init_module] if init_module else []))
     outcome = run_stage(job, fingerprint)
     train_seconds = time.perf_counter() - t0
     store = HiddenStateStore(hidden_dir)
