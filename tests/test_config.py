@@ -16,6 +16,7 @@ def test_repo_params_load(repo_root):
     assert params.extract.layer is None and params.extract.workers == 1
 
 
+@pytest.mark.faults
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key\(s\): extract.batchsize"):
         load_params(write(tmp_path, "extract:\n  batchsize: 8\n"))
@@ -26,6 +27,7 @@ def test_unknown_top_level_section_is_named(tmp_path):
         load_params(write(tmp_path, "trainng: {}\n"))
 
 
+@pytest.mark.faults
 def test_wrong_type_is_named(tmp_path):
     with pytest.raises(ConfigError, match="extract.batch_size: expected an integer, got 'eight'"):
         load_params(write(tmp_path, "extract:\n  batch_size: eight\n"))

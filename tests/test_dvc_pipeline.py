@@ -51,6 +51,7 @@ def scratch_repo(tmp_path, repo_root):
     return repo
 
 
+@pytest.mark.faults
 def test_dvc_repro_extract_and_validation_gate(scratch_repo, tmp_path):
     first = run(["dvc", "repro", "extract"], scratch_repo)
     assert first.returncode == 0, first.stderr[-3000:]

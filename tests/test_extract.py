@@ -99,6 +99,7 @@ def test_extract_resumes_and_redoes_only_missing_shards(tmp_path, tiny_snapshot,
     assert third.shards_written == 6
 
 
+@pytest.mark.faults
 def test_store_refuses_modified_shards(tmp_path, tiny_snapshot, canonical_parquet):
     out = tmp_path / "hidden"
     extract_hidden_states(tiny_snapshot, canonical_parquet, ExtractConfig(layer=2, shard_size=50), out,
@@ -111,6 +112,7 @@ def test_store_refuses_modified_shards(tmp_path, tiny_snapshot, canonical_parque
         list(HiddenStateStore(out).iter_split("train"))
 
 
+@pytest.mark.faults
 def test_truncation_rule_is_counted(tmp_path, tiny_snapshot, canonical_parquet):
     cfg = ExtractConfig(layer=2, max_prompt_tokens=12, max_response_tokens=3)
     summary = extract_hidden_states(tiny_snapshot, canonical_parquet, cfg, tmp_path / "h", progress=False)
@@ -137,6 +139,7 @@ def test_ray_data_path_matches_local_path(tmp_path, tiny_snapshot, canonical_par
             torch.testing.assert_close(x.prompt_states, y.prompt_states, atol=1e-3, rtol=0)
 
 
+@pytest.mark.faults
 def test_store_refuses_non_finite_states(tmp_path, tiny_snapshot, canonical_parquet):
     from safetensors.torch import load_file, save_file
 

@@ -64,6 +64,7 @@ def test_first_bridge_judges_the_whole_prompt(tiny_pipeline, module_dir):
     assert first.shape == second.shape == (3, 3, 32)
 
 
+@pytest.mark.faults
 def test_generate_cli_streams_jsonl_and_skips_bad_lines(tiny_pipeline, module_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_bytes(b'{"id": "a", "prompt": "How do I bake bread?"}\n'
@@ -85,6 +86,7 @@ def test_generate_cli_streams_jsonl_and_skips_bad_lines(tiny_pipeline, module_di
     assert f"{prompts}:4: not valid UTF-8" in err
 
 
+@pytest.mark.faults
 def test_generate_refuses_module_of_another_backbone(tiny_pipeline, tmp_path, capsys):
     module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
     save_value_module(module, tmp_path / "other", {"backbone_weights_sha256": "0" * 64})

@@ -52,6 +52,7 @@ def test_stage1_learns_and_reports_each_epoch(tiny_pipeline, tmp_path):
     assert module.config.layer == 2 and module.config.hidden_size == 32
 
 
+@pytest.mark.faults
 def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
     straight = discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "a"), progress_bar=False)
 

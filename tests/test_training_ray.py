@@ -22,6 +22,7 @@ def ray_job(root, storage, train=TRAIN):
                            backbone_dir=str(root / "backbone"), init_module=None)
 
 
+@pytest.mark.faults
 def test_stage1_on_ray_train_and_killed_worker_resumes(tiny_pipeline, tmp_path, monkeypatch):
     job = ray_job(tiny_pipeline, tmp_path / "ray", TrainConfig(checkpoint_every=2,
                                                                stage1=Stage1Config(epochs=2, batch_size=8, lr=3e-3)))

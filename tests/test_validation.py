@@ -23,6 +23,9 @@ from svgt.data.validation import (
     validate_dataset,
 )
 
+# every test here breaks the data one way: part of the fault-and-abuse suite (pytest -m faults)
+pytestmark = pytest.mark.faults
+
 CFG = ValidateConfig(
     stage1=StageMinimums(min_rows=100, min_class_fraction=0.2),
     stage2=StageMinimums(min_rows=80, min_class_fraction=0.2),
