@@ -517,7 +517,8 @@ def _pyrit_refusal(wheels: _Wheels, limits: RowFilter) -> tuple[pd.DataFrame, So
         "MIT",
         len(raw),
         len(frame),
-        "human refusal label -> response_refusal; refusals also response_harmful=0",
+        "human refusal score 1 -> response_harmful=0 only (PyRIT also scores off-topic answers as "
+        "refusals, so no response_refusal label)",
         "model responses collected by PyRIT",
     )
 
