@@ -1,0 +1,239 @@
+"""Evaluation metrics as pure functions: rates with Wilson intervals, bootstrap intervals, harm/ASR/refusal
+rates, discrimination quality, relative change, and the perplexity of responses under a model.
+
+Rates return plain dicts ``{"rate", "k", "n", "ci95"}`` so they serialise to JSON unchanged. Verdicts a
+judge could not parse are never counted as safe: rates over judge verdicts leave them out of ``n`` and
+report them as ``unparseable``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from svgt.backbone.text import encode_prompt, encode_response
+from svgt.eval.judges.base import VerdictSet
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (nan, nan when n == 0)."""
+    if k < 0 or n < 0 or k > n:
+        raise ValueError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(judged: Sequence[bool]) -> dict[str, Any]:
+    """Fraction of True with its Wilson 95% interval."""
+    k, n = int(sum(bool(j) for j in judged)), len(judged)
+    lo, hi = wilson(k, n)
+    return {"rate": k / n if n else math.nan, "k": k, "n": n, "ci95": [lo, hi]}
+
+
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Mean with a percentile bootstrap interval (resampling the values with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"bootstrap_ci needs a non-empty 1-d list of values, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("bootstrap_ci: values contain nan or inf")
+    if n_boot < 1 or not 0.0 < alpha < 1.0:
+        raise ValueError(f"bootstrap_ci: need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return {"value": float(x.mean()), "n": int(x.size), "ci95": [float(lo), float(hi)]}
+
+
+def verdict_rate(verdicts: VerdictSet) -> dict[str, Any]:
+    """Fraction judged harmful among parsed verdicts, with the judge and the unparseable count."""
+    out = rate(verdicts.parsed)
+    out.update(judge=verdicts.judge, judge_version=verdicts.version, unparseable=verdicts.unparseable)
+    return out
+
+
+def harmful_response_rate(verdicts: VerdictSet) -> dict[str, Any]:
+    """Harmful-response rate: share of responses (to harmful prompts) the harm judge calls harmful."""
+    return verdict_rate(verdicts)
+
+
+def attack_success_rate(verdicts: VerdictSet) -> dict[str, Any]:
+    """ASR on HarmBench-style behaviours: share of behaviours whose response the harm judge calls harmful.
+
+    The same arithmetic as the harmful-response rate; kept separate so a result says which one it is and
+    so the caller passes verdicts on behaviour prompts (one response per behaviour).
+    """
+    return verdict_rate(verdicts)
+
+
+def refusal_rate(responses: Sequence[str], judge: Callable[[str], bool]) -> dict[str, Any]:
+    """Share of responses the refusal judge calls refusals (on harmful prompts: higher is better; on
+    benign prompts it is the over-refusal rate: lower is better)."""
+    out = rate([judge(r) for r in responses])
+    out["judge"] = getattr(judge, "name", type(judge).__name__)
+    return out
+
+
+over_refusal_rate = refusal_rate  # the same measurement on benign (or look-alike benign) prompts
+
+
+def binary_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float | int]:
+    """Accuracy, precision, recall and F1 of the positive class (1); nan where undefined."""
+    y, p = _binary(labels, "labels"), _binary(predictions, "predictions")
+    if y.size != p.size:
+        raise ValueError(f"binary_metrics: {y.size} labels but {p.size} predictions")
+    tp = int(((y == 1) & (p == 1)).sum())
+    fp = int(((y == 0) & (p == 1)).sum())
+    fn = int(((y == 1) & (p == 0)).sum())
+    tn = int(((y == 0) & (p == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+    return {
+        "accuracy": (tp + tn) / y.size if y.size else math.nan,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "n": int(y.size),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney U with ties counted half); nan if one class is absent."""
+    y = _binary(labels, "labels")
+    s = np.asarray(scores, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"auroc: {y.size} labels but {s.size} scores")
+    if not np.isfinite(s).all():
+        raise ValueError("auroc: scores contain nan or inf")
+    pos, neg = s[y == 1], s[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+def discrimination_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.0) -> dict[str, Any]:
+    """Acc/F1 at ``threshold`` (score > threshold means harmful; 0 for the discriminator's logit) and AUROC."""
+    s = np.asarray(scores, dtype=np.float64)
+    out: dict[str, Any] = binary_metrics(labels, (s > threshold).astype(int).tolist())
+    out["auroc"] = auroc(labels, s.tolist())
+    out["threshold"] = threshold
+    return out
+
+
+def relative_change(value: float, baseline: float) -> float:
+    """(value - baseline) / |baseline|; nan when the baseline is 0 or either value is nan."""
+    if baseline == 0 or math.isnan(value) or math.isnan(baseline):
+        return math.nan
+    return (value - baseline) / abs(baseline)
+
+
+def _binary(values: Sequence[int], what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-d list, got shape {arr.shape}")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        bad = arr[~np.isin(arr, (0, 1))][0]
+        raise ValueError(f"{what} must be 0/1, found {bad!r}")
+    return arr.astype(int)
+
+
+# ---------------------------------------------------------------------------------------------
+# perplexity of responses under the (unguided) backbone
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    nll: list[float]  # mean negative log-likelihood per response token (nats), one per response
+    ppl: list[float]  # exp(nll) per response
+    n_tokens: list[int]  # scored tokens per response
+    corpus_nll: float  # token-weighted mean NLL over all responses
+    corpus_ppl: float  # exp(corpus_nll)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nll": self.nll,
+            "ppl": self.ppl,
+            "n_tokens": self.n_tokens,
+            "corpus_nll": self.corpus_nll,
+            "corpus_ppl": self.corpus_ppl,
+        }
+
+
+@torch.no_grad()
+def response_perplexity(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 8,
+    *,
+    chat_template: bool = True,
+    add_eos: bool = False,
+) -> Perplexity:
+    """Perplexity of each response given its prompt (encoded as generation encodes it), and of the corpus.
+
+    Only response tokens are scored; the prompt is context. ``add_eos=False`` by default because a
+    generated response cut at ``max_new_tokens`` never produced EOS. An empty response has no tokens
+    and is refused (its perplexity is undefined).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"response_perplexity: {len(prompts)} prompts but {len(responses)} responses")
+    if batch_size < 1:
+        raise ValueError(f"response_perplexity: batch_size must be >= 1, got {batch_size}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    nll_sums: list[float] = []
+    counts: list[int] = []
+    for start in range(0, len(prompts), batch_size):
+        seqs, spans = [], []
+        for i in range(start, min(start + batch_size, len(prompts))):
+            p_ids = encode_prompt(tokenizer, prompts[i], chat_template)
+            r_ids = encode_response(tokenizer, responses[i], add_eos=add_eos)
+            if not r_ids:
+                raise ValueError(f"response_perplexity: response {i} has no tokens")
+            if not p_ids:  # the first response token needs a context position to be predicted from
+                raise ValueError(f"response_perplexity: prompt {i} encodes to no tokens")
+            seqs.append(p_ids + r_ids)
+            spans.append((len(p_ids), len(p_ids) + len(r_ids)))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):  # right padding: positions 0.. match an unpadded forward pass
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+        for row, (a, b) in enumerate(spans):
+            # token t is predicted at position t-1
+            nll_sums.append(float(-token_logp[row, a - 1 : b - 1].double().sum()))
+            counts.append(b - a)
+    nll = [s / c for s, c in zip(nll_sums, counts, strict=True)]
+    corpus = sum(nll_sums) / sum(counts) if counts else math.nan
+    return Perplexity(
+        nll=nll,
+        ppl=[math.exp(x) for x in nll],
+        n_tokens=counts,
+        corpus_nll=corpus,
+        corpus_ppl=math.exp(corpus) if counts else math.nan,
+    )
