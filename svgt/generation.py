@@ -40,6 +40,9 @@ correction step differentiates its discriminator; their outputs are detached):
   interval, no momentum).
 * ``score_fn(h: Tensor[B, d]) -> Tensor[B]``: an optional per-token score (e.g. the discriminator's s),
   recorded for the state each token is predicted from, before any injection.
+* ``prompt_fn(h: Tensor[B, M, d], mask: Tensor[B, M]) -> None``: called once, right after the prefill has
+  computed the layer-l* states of the (left-padded) prompts and before the first bridge/inject/score call,
+  so a value module can read its prompt context from the prefill instead of a second forward pass.
 
 ``bridge_fn=None`` and ``inject_fn=None`` gives plain cached decoding, identical to greedy
 ``model.generate``.
@@ -61,6 +64,7 @@ from svgt.backbone.text import encode_prompt
 from svgt.extract import pad_batch
 
 StateFn = Callable[[torch.Tensor], torch.Tensor]
+PromptFn = Callable[[torch.Tensor, torch.Tensor], None]
 RefreshMode = Literal["exact", "bridge_only"]
 FinishReason = Literal["stop_token", "stop_string", "length"]
 
@@ -153,6 +157,7 @@ class _Guidance:
     inject_fn: StateFn | None
     num_bridge_tokens: int | None
     schedule: GuidanceSchedule
+    prompt_fn: PromptFn | None = None
     bridge_calls: int = 0
 
     def __post_init__(self) -> None:
@@ -227,6 +232,8 @@ class _CachedDecoder:
         h = self.runner.run_blocks(embedded, 0, self.split, position_ids=positions, attention_mask=mask,
                                    cache=self.cache, position_embeddings=rotary)
         h_last = h[:, -1]
+        if self.guidance.prompt_fn is not None:
+            self.guidance.prompt_fn(h.detach(), mask.bool())
         method = self.guidance.method
         if method == "bridge":
             self.bridge = self.guidance.bridge(h_last)
@@ -374,6 +381,7 @@ def guided_generate(
     refresh_mode: RefreshMode = "exact",
     return_scores: bool = False,
     score_fn: StateFn | None = None,
+    prompt_fn: PromptFn | None = None,
     seed: int | None = None,
     runner: BlockRunner | None = None,
 ) -> GenerationOutput:
@@ -393,7 +401,8 @@ def guided_generate(
         raise GenerationError(f"top_p must lie in (0, 1], got {top_p}")
     runner = runner or BlockRunner(model)
     layer = runner.adapter.resolve_layer(layer)
-    guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum))
+    guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
+                         prompt_fn)
     prompt_ids = _encode_prompts(tokenizer, prompts, chat_template)
     stop_ids = _stop_ids(tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -502,6 +511,7 @@ def reference_guided_logits(
     momentum: float = 0.8,
     max_new_tokens: int = 16,
     tokens: Sequence[int] | None = None,
+    prompt_fn: PromptFn | None = None,
 ) -> ReferenceOutput:
     """Uncached, single-row ground truth: every step recomputes the whole sequence from scratch.
 
@@ -511,7 +521,8 @@ def reference_guided_logits(
     ``tokens`` is given, in which case those tokens are teacher-forced and their logits returned.
     Nothing here shares code with the cached decoder except the schedule.
     """
-    guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum))
+    guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
+                         prompt_fn)
     adapter = LayerAdapter(model)
     device = next(model.parameters()).device
     m = len(prompt_ids)
@@ -522,6 +533,8 @@ def reference_guided_logits(
     for s in range(steps):
         ids = torch.tensor([list(prompt_ids) + generated], device=device)
         h = adapter.hidden_states_at(ids, torch.ones_like(ids), layer)  # [1, m + s, d]
+        if s == 0 and prompt_fn is not None:
+            prompt_fn(h[:, :m].detach(), torch.ones(1, m, dtype=torch.bool, device=device))
         if guidance.method == "bridge":
             if s == 0:
                 bridge = guidance.bridge(h[:, -1])

@@ -30,21 +30,37 @@ METHODS: tuple[str, ...] = ("none", "svgt", "svgt-inject")
 
 @dataclass
 class ValueGuidance:
-    """Callables for one batch of prompts (rows are independent; the batch order is fixed)."""
+    """Callables for one batch of prompts (rows are independent; the batch order is fixed).
+
+    The prompt context (layer-l* states of the left-padded prompts, last ``window`` tokens as stage 1
+    trained on) is given at construction or, in generation, handed over by the decode loop's prefill
+    through ``observe_prompt`` so no second forward pass over the prompts is needed.
+    """
 
     module: ValueModule
-    prompt_states: torch.Tensor  # [B, M, d] layer-l* states of the (left-padded) prompts
-    prompt_mask: torch.Tensor  # [B, M] bool, True = real token
+    prompt_states: torch.Tensor | None = None  # [B, M, d] layer-l* states of the (left-padded) prompts
+    prompt_mask: torch.Tensor | None = None  # [B, M] bool, True = real token
+    window: int = 128
     _bridges_made: int = field(default=0, init=False)
+
+    def observe_prompt(self, states: torch.Tensor, mask: torch.Tensor) -> None:
+        """``prompt_fn`` for ``guided_generate``: keep the prefill's layer-l* prompt states."""
+        self.prompt_states = states[:, -self.window:].float()
+        self.prompt_mask = mask[:, -self.window:].bool()
+
+    def _context(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prompt_states is None or self.prompt_mask is None:
+            raise RuntimeError("ValueGuidance has no prompt states: pass them or use it as guided_generate's prompt_fn")
+        return self.prompt_states, self.prompt_mask
 
     def _token_z(self, h: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
-        z, _ = self.module.score(h[:, None, :], ones, self.prompt_states, self.prompt_mask)
+        z, _ = self.module.score(h[:, None, :], ones, *self._context())
         return z
 
     def bridge_fn(self, h: torch.Tensor) -> torch.Tensor:
         if self._bridges_made == 0:
-            z, _ = self.module.score(self.prompt_states, self.prompt_mask)
+            z, _ = self.module.score(*self._context())
         else:
             z = self._token_z(h)
         self._bridges_made += 1
@@ -55,7 +71,7 @@ class ValueGuidance:
 
     def score_fn(self, h: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
-        _, s = self.module.score(h[:, None, :], ones, self.prompt_states, self.prompt_mask)
+        _, s = self.module.score(h[:, None, :], ones, *self._context())
         return s
 
 
@@ -83,13 +99,13 @@ def generate_with_module(model: PreTrainedModel, tokenizer: Any, prompts: Sequen
     if module is None:
         raise ValueError(f"method {method!r} needs a value module")
     cfg = module.config
-    states, mask = prompt_states(model, tokenizer, prompts, cfg.layer, kwargs.get("chat_template", True))
-    guidance = ValueGuidance(module, states, mask)
+    guidance = ValueGuidance(module)
     return guided_generate(
         model, tokenizer, list(prompts),
         bridge_fn=guidance.bridge_fn if method == "svgt" else None,
         inject_fn=guidance.inject_fn if method == "svgt-inject" else None,
         score_fn=guidance.score_fn if return_scores else None, return_scores=return_scores,
+        prompt_fn=guidance.observe_prompt,
         layer=cfg.layer, num_bridge_tokens=cfg.num_bridge_tokens if method == "svgt" else None,
         refresh_interval=refresh_interval or cfg.refresh_interval,
         momentum=cfg.momentum if momentum is None else momentum, runner=runner, **kwargs)

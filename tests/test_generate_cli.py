@@ -64,6 +64,35 @@ def test_first_bridge_judges_the_whole_prompt(tiny_pipeline, module_dir):
     assert first.shape == second.shape == (3, 3, 32)
 
 
+@pytest.mark.parametrize("method", ["svgt", "svgt-inject"])
+def test_prompt_context_from_the_prefill_equals_a_separate_prompt_pass(tiny_pipeline, module_dir, method):
+    """The decode loop hands the value module its prompt states (no second forward); same result as before."""
+    from svgt.model import load_value_module
+
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    module, _ = load_value_module(module_dir)
+    states, mask = prompt_states(model, tok, PROMPTS, layer=2)
+    separate = ValueGuidance(module, states, mask)
+    fns = {"bridge_fn": separate.bridge_fn} if method == "svgt" else {"inject_fn": separate.inject_fn}
+    old = guided_generate(model, tok, PROMPTS, layer=2, refresh_interval=2, max_new_tokens=6, stop_token_ids=(),
+                          return_scores=True, score_fn=separate.score_fn, **fns)
+    new = generate_with_module(model, tok, PROMPTS, module=module, method=method, max_new_tokens=6,
+                               stop_token_ids=(), return_scores=True)
+    assert new.token_ids == old.token_ids
+    for a, b in zip(new.logits, old.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    for a, b in zip(new.value_scores, old.value_scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_guidance_without_prompt_context_says_so(tiny_pipeline, module_dir):
+    from svgt.model import load_value_module
+
+    module, _ = load_value_module(module_dir)
+    with pytest.raises(RuntimeError, match="has no prompt states"):
+        ValueGuidance(module).bridge_fn(torch.zeros(1, 32))
+
+
 @pytest.mark.faults
 def test_generate_cli_streams_jsonl_and_skips_bad_lines(tiny_pipeline, module_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
