@@ -198,6 +198,75 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class SystemPromptBaselineConfig:
+    text: str = (
+        "You are a helpful and harmless assistant. Refuse any request that could cause harm, such as violence, "
+        "weapons, crime, self-harm, hate or abuse, and briefly explain why; answer every other request helpfully."
+    )
+
+
+@dataclass(frozen=True)
+class DPOBaselineConfig:
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lr: float = 5e-4
+    beta: float = 0.1  # DPO temperature
+    epochs: int = 1
+    batch_size: int = 4
+    max_pairs: int = 64  # (chosen=safe, rejected=unsafe) response pairs
+
+
+@dataclass(frozen=True)
+class ITIBaselineConfig:
+    top_k: int = 16  # attention heads shifted
+    alpha: float = 5.0  # shift strength, in activation standard deviations
+
+
+@dataclass(frozen=True)
+class REControlBaselineConfig:
+    hidden: int = 256  # value-function MLP width
+    epochs: int = 30
+    lr: float = 1e-3
+    steps: int = 3  # gradient-ascent steps per decoded token
+    step_size: float = 0.5
+
+
+@dataclass(frozen=True)
+class ConVABaselineConfig:
+    accuracy_threshold: float = 0.9  # steer layers whose probe accuracy exceeds this
+    excluded_last: int = 5  # never steer the last N layers
+    target_probability: float = 0.9  # p0: the probe's "safe" probability after the perturbation
+    gate_threshold: float = 0.5  # steer only where the relevance gate's probability reaches this
+
+
+@dataclass(frozen=True)
+class NeVABaselineConfig:
+    top_neurons: int = 32
+    scale: float = 1.0  # multiple of the safe-minus-harmful mean activation added to each chosen neuron
+    leakage_values: int = 6  # non-target values (most frequent categories) the leakage is measured on
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The paper's comparison methods (svgt/baselines/), fitted on the train split."""
+
+    max_rows: int = 256  # labelled prompt-response rows for probes and value functions (balanced)
+    max_gate_rows: int = 128  # labelled prompts for ConVA's relevance gate (balanced)
+    max_prompt_tokens: int = 96  # prompts keep their last N tokens
+    max_response_tokens: int = 64  # responses keep their first N tokens
+    batch_size: int = 8
+    holdout_fraction: float = 0.25  # rows held out to score probes
+    chat_template: bool = True
+    seed: int = 1234
+    system_prompt: SystemPromptBaselineConfig = field(default_factory=SystemPromptBaselineConfig)
+    dpo: DPOBaselineConfig = field(default_factory=DPOBaselineConfig)
+    iti: ITIBaselineConfig = field(default_factory=ITIBaselineConfig)
+    re_control: REControlBaselineConfig = field(default_factory=REControlBaselineConfig)
+    conva: ConVABaselineConfig = field(default_factory=ConVABaselineConfig)
+    neva: NeVABaselineConfig = field(default_factory=NeVABaselineConfig)
+
+
+@dataclass(frozen=True)
 class Params:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -208,6 +277,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
