@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from svgt.backbone.text import encode_prompt, encode_response
-from svgt.eval.judges.base import VerdictSet
+
+if TYPE_CHECKING:  # judges import metrics; the verdict type is only needed for annotations
+    from svgt.eval.judges.base import VerdictSet
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

@@ -1,0 +1,139 @@
+"""The paper-style main table (Markdown) from one results dict.
+
+The results dict (:class:`MainResults`) is what the evaluate step produces::
+
+    {
+      "harm_judge": "svgt-tfidf-harm@3e3250a67bbf",   # name@version of the harm judge
+      "refusal_judge": "refusal-phrases-v1",
+      "baseline": "none",                                # relative changes are taken against this method
+      "methods": {
+        "none": {
+          "harmful_response_rate": {"rate": 0.31, "k": 31, "n": 100, "ci95": [0.23, 0.41], "unparseable": 0},
+          "asr":                   {"rate": ..., "k": ..., "n": ..., "ci95": [...]},   # HarmBench behaviours
+          "refusal_harmful":       {...},   # refusal rate on harmful prompts (higher is better)
+          "over_refusal_benign":   {...},   # refusal rate on benign prompts (lower is better)
+          "over_refusal_lookalike": {...},  # refusal rate on look-alike benign prompts (lower is better)
+          "perplexity":            {"value": 6.7, "n": 100, "ci95": [6.2, 7.3]},
+          "tokens_per_s": 14.2
+        },
+        "svgt": {...}
+      }
+    }
+
+Rate cells are :func:`svgt.eval.metrics.rate` / ``harmful_response_rate`` outputs, the perplexity cell a
+:func:`svgt.eval.metrics.bootstrap_ci`-shaped dict; a missing cell renders as "-". Every column but
+tokens/s prints "value (95% CI)"; the harm, ASR and perplexity columns add the relative change against the
+baseline method.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NotRequired, TypedDict
+
+from svgt.eval.metrics import relative_change
+
+
+class RateCell(TypedDict):
+    rate: float
+    k: int
+    n: int
+    ci95: list[float]
+    unparseable: NotRequired[int]  # judge answers that could not be parsed (left out of n)
+
+
+class ValueCell(TypedDict):
+    value: float
+    n: int
+    ci95: list[float]
+
+
+class MethodResults(TypedDict, total=False):
+    harmful_response_rate: RateCell
+    asr: RateCell
+    refusal_harmful: RateCell
+    over_refusal_benign: RateCell
+    over_refusal_lookalike: RateCell
+    perplexity: ValueCell
+    tokens_per_s: float
+
+
+class MainResults(TypedDict):
+    harm_judge: str
+    refusal_judge: str
+    baseline: NotRequired[str]
+    methods: dict[str, MethodResults]
+
+
+# (key, header, is a rate, relative change shown)
+COLUMNS: tuple[tuple[str, str, bool, bool], ...] = (
+    ("harmful_response_rate", "harmful responses % (lower better)", True, True),
+    ("asr", "HarmBench ASR % (lower better)", True, True),
+    ("refusal_harmful", "refusal on harmful % (higher better)", True, False),
+    ("over_refusal_benign", "over-refusal benign % (lower better)", True, False),
+    ("over_refusal_lookalike", "over-refusal look-alike % (lower better)", True, False),
+    ("perplexity", "PPL (lower better)", False, True),
+)
+
+
+def _value(cell: RateCell | ValueCell, is_rate: bool) -> float:
+    return float(cell["rate"] if is_rate else cell["value"])  # type: ignore[typeddict-item]
+
+
+def _cell(cell: RateCell | ValueCell | None, is_rate: bool, base: RateCell | ValueCell | None, relative: bool) -> str:
+    if cell is None:
+        return "-"
+    scale = 100.0 if is_rate else 1.0
+    v = _value(cell, is_rate)
+    lo, hi = cell["ci95"]
+    if math.isnan(v):
+        return "n/a (n=0)"
+    text = f"{scale * v:.1f} ({scale * lo:.1f}-{scale * hi:.1f})"
+    if cell.get("unparseable"):
+        text += f" [{cell['unparseable']} unparseable]"
+    if relative and base is not None and base is not cell:
+        change = relative_change(v, _value(base, is_rate))
+        if not math.isnan(change):
+            text += f" {100 * change:+.0f}%"
+    return text
+
+
+def _n_summary(methods: dict[str, MethodResults]) -> str:
+    parts = []
+    for key, _header, _, _ in COLUMNS:
+        ns = {m[key]["n"] for m in methods.values() if key in m}  # type: ignore[literal-required]
+        if ns:
+            label = key.replace("_", " ")
+            parts.append(f"{label} n={'/'.join(str(n) for n in sorted(ns))}")
+    return "; ".join(parts)
+
+
+def render_main_table(results: MainResults, title: str = "Main results") -> str:
+    """Markdown: a header naming the judges and sample sizes, then one row per method."""
+    methods = results.get("methods")
+    if not methods:
+        raise ValueError("render_main_table: results have no methods")
+    for key in ("harm_judge", "refusal_judge"):
+        if not results.get(key):
+            raise ValueError(f"render_main_table: results must name the {key.replace('_', ' ')} ({key!r})")
+    baseline = results.get("baseline", "none")
+    base = methods.get(baseline)
+    lines = [
+        f"# {title}",
+        "",
+        f"Harm judge: `{results['harm_judge']}`; refusal judge: `{results['refusal_judge']}`. "
+        f"{_n_summary(methods)}. Cells: value (95% CI); harm, ASR and PPL also show the relative change "
+        f"against `{baseline}`" + ("" if base is not None else f" (absent: no `{baseline}` row)") + ".",
+        "",
+        "| method | " + " | ".join(h for _, h, _, _ in COLUMNS) + " | tokens/s |",
+        "|---|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    for name, row in methods.items():
+        cells = [
+            _cell(row.get(key), is_rate, base.get(key) if base else None, relative)  # type: ignore[arg-type]
+            for key, _, is_rate, relative in COLUMNS
+        ]
+        tps = row.get("tokens_per_s")
+        cells.append("-" if tps is None or math.isnan(tps) else f"{tps:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
