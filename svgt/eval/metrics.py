@@ -21,7 +21,7 @@ from svgt.backbone.text import encode_prompt, encode_response
 if TYPE_CHECKING:  # judges import metrics; the verdict type is only needed for annotations
     from svgt.eval.judges.base import VerdictSet
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
+Z95 = 1.96  # two-sided 95% normal quantile, as rounded in the evaluate step's earlier reports
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -34,7 +34,8 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # at k == 0 / k == n the bound is exactly 0 / 1; rounding must not leave 0.9999999999999999
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
 
 
 def rate(judged: Sequence[bool]) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def _binary(values: Sequence[int], what: str) -> np.ndarray:
         raise ValueError(f"{what} must be a 1-d list, got shape {arr.shape}")
     if arr.size and not np.isin(arr, (0, 1)).all():
         bad = arr[~np.isin(arr, (0, 1))][0]
-        raise ValueError(f"{what} must be 0/1, found {bad!r}")
+        raise ValueError(f"{what} must be 0/1, found {bad.item()!r}")
     return arr.astype(int)
 
 
