@@ -89,12 +89,44 @@ def cmd_extract(params: Params, args: argparse.Namespace) -> None:
     print(json.dumps(metrics))
 
 
+def cmd_baselines(params: Params, args: argparse.Namespace) -> None:
+    from svgt.baselines import fit_baselines
+    from svgt.io import write_json_atomic
+
+    summary = fit_baselines(Path(args.backbone), Path(args.data), params.baselines, Path(args.out))
+    write_json_atomic(Path(args.metrics) / "baselines.json", summary)
+    seconds = {m: s["fit_seconds"] for m, s in summary["methods"].items()}
+    print(f"baselines {args.out}: {json.dumps(seconds)} (total {summary['total_seconds']}s)")
+
+
 def cmd_train(params: Params, args: argparse.Namespace) -> None:
+    from svgt.training import submit
     from svgt.training.step import train_stage
 
-    metrics = train_stage(params, args.stage, hidden_dir=args.hidden, data_path=args.data, backbone_dir=args.backbone,
-                          init_module=args.init, out_dir=args.out or Path(f"models/stage{args.stage}"),
-                          metrics_dir=args.metrics, plots_dir=args.plots)
+    inputs = {"hidden_dir": args.hidden, "data_path": args.data, "backbone_dir": args.backbone}
+    inputs["init_module"] = args.init
+    outputs = {"out_dir": args.out or Path(f"models/stage{args.stage}"), "metrics_dir": args.metrics}
+    outputs["plots_dir"] = args.plots
+    address = submit.job_server_address(params.train.ray)
+    if (args.detach or args.attach) and (address is None or args.in_cluster):
+        raise StepFailed(
+            "--detach/--attach need a Ray job server address (train.ray.address or RAY_ADDRESS "
+            "http://HEAD:8265) and do not go with --in-cluster"
+        )
+    if args.in_cluster:  # this process is the submitted job's driver
+        metrics = submit.run_in_cluster(params, args.stage, **inputs)
+    elif address is not None:
+        if args.attach:
+            result = submit.attach_stage(address, args.attach, stage=args.stage, **outputs)
+        else:
+            result = submit.submit_stage(params, args.stage, **inputs, **outputs, detach=args.detach)
+        if result.metrics is None:
+            detached = {"submission_id": result.submission_id, "status": result.status, "address": result.address}
+            print(json.dumps(detached))
+            return
+        metrics = result.metrics
+    else:
+        metrics = train_stage(params, args.stage, **inputs, **outputs)
     print(json.dumps(metrics, default=str))
 
 
@@ -195,11 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", default=DEFAULTS["validation"], type=Path)
     p.add_argument("--out", default=DEFAULTS["hidden"], type=Path)
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p = add("baselines", cmd_baselines, "fit the comparison baselines (system prompt, DPO-LoRA, ITI, ...)")
+    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
+    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
+    p.add_argument("--out", default=Path("models/baselines"), type=Path)
+    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
     p = add("card", cmd_card, "dataset card including the hidden-state extraction statistics")
     p.add_argument("--summary", default=Path("data/values/CARD.json"), type=Path)
     p.add_argument("--extract-metrics", default=Path("metrics/extract.json"), type=Path)
     p.add_argument("--out", default=Path("reports/dataset_card.md"), type=Path)
-    p = add("train", cmd_train, "train one curriculum stage as a Ray Train job")
+    p = add("train", cmd_train, "train one curriculum stage with Ray Train (local, or a Ray job on a cluster)")
     p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     p.add_argument("--init", type=Path, default=None, help="module exported by the previous stage")
     p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
@@ -208,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, type=Path, help="default: models/stageN")
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
     p.add_argument("--plots", default=Path("plots"), type=Path)
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="run as a submitted Ray job's driver: join this cluster, export to the run's storage path",
+    )
+    p.add_argument(
+        "--detach", action="store_true", help="with a job server address: submit the stage's Ray job, print its id"
+    )
+    p.add_argument(
+        "--attach", metavar="JOB_ID", default=None, help="wait for a submitted stage job and collect its outputs"
+    )
     p = add("evaluate", cmd_evaluate, "refusal behaviour of none / svgt / svgt-inject on test prompts")
     p.add_argument("--module", default=Path("models/stage3"), type=Path)
     p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)

@@ -212,7 +212,7 @@ def fit_dpo(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(batches[b])
+                total += float(loss.detach()) * len(batches[b])
                 correct += int(((pi_c - ref_c) > (pi_r - ref_r)).sum())
             epoch_losses.append(total / len(encoded))
             accuracies.append(correct / len(encoded))

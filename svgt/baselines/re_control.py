@@ -125,7 +125,7 @@ def fit_re_control(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     with torch.no_grad():
         test_traj = [trajectories[i] for i in test.tolist()]
         test_loss = float(bellman_loss(value_fn, test_traj, rewards[test]))
