@@ -1,7 +1,9 @@
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny import make_model, make_tokenizer
@@ -22,6 +24,7 @@ from svgt.eval.metrics import (
     wilson,
 )
 from svgt.eval.plots import plot_main_table, plot_score_trajectories
+from svgt.eval.prompt_sets import load_harmbench_behaviors, load_lookalike_benign
 from svgt.eval.refusal import RefusalJudge
 from svgt.eval.report import render_main_table
 
@@ -192,3 +195,32 @@ def test_render_main_table_cells_relative_change_and_header():
         render_main_table({**results, "harm_judge": ""})
     with pytest.raises(ValueError, match="no methods"):
         render_main_table({**results, "methods": {}})
+
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "svgt"
+
+
+@pytest.mark.integration
+def test_harmbench_behaviours_skip_prompts_the_value_dataset_trains_on():
+    everything = load_harmbench_behaviors(CACHE, allowed_splits=None)
+    assert len(everything) == 240  # 159 standard + 81 contextual test behaviours (copyright left out)
+    contextual = next(b for b in everything if b.functional_category == "contextual")
+    assert contextual.prompt == f"{contextual.context}\n\n---\n\n{contextual.behavior}"
+    standard = [b for b in everything if b.functional_category == "standard"]
+    values = pd.DataFrame({"prompt": [standard[0].behavior, standard[1].behavior], "split": ["train", "test"]})
+    kept = load_harmbench_behaviors(CACHE, values=values)
+    assert len(kept) == 239 and standard[0].behavior_id not in {b.behavior_id for b in kept}
+    assert next(b for b in kept if b.behavior_id == standard[1].behavior_id).split == "test"
+    with pytest.raises(ValueError, match="kinds must be a non-empty subset"):
+        load_harmbench_behaviors(CACHE, kinds=("nonsense",))
+
+
+@pytest.mark.integration
+def test_lookalike_benign_prompts_and_their_splits():
+    hard = load_lookalike_benign(CACHE)
+    assert len(hard) == 20 + 60  # aplomb's hard negatives + weighted-safety's benign half, none in a dataset
+    assert {p.split for p in hard} == {None}
+    values = pd.DataFrame({"prompt": [hard[0].prompt, hard[1].prompt], "split": ["train", "test"]})
+    kept = load_lookalike_benign(CACHE, values=values)
+    assert len(kept) == 79 and kept[0].prompt == hard[1].prompt and kept[0].split == "test"
+    assert len(load_lookalike_benign(CACHE, hard_negatives_only=False)) == 110

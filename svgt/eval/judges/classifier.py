@@ -154,6 +154,8 @@ def save_harm_classifier(clf: HarmClassifier, out_dir: str | Path, meta: dict[st
             **meta,
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        for f in (WEIGHTS, VOCAB, CONFIG):
+            (tmp / f).chmod(0o644)  # safetensors writes 0600; the judge is a shared artifact
     return out_dir
 
 
