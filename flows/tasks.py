@@ -33,6 +33,8 @@ STEP_ARGV: dict[str, list[str]] = {
     "backbone": ["backbone", "--out", "data/backbone"],
     "ingest": ["ingest", "--out", "data/values/values.parquet", "--card", "data/values/CARD.md"],
     "validate": ["validate", "--data", "data/values/values.parquet", "--reports", "reports/validation"],
+    "baselines": ["baselines", "--backbone", "data/backbone", "--data", "data/values/values.parquet",
+                  "--out", "models/baselines", "--metrics", "metrics"],
     "extract": ["extract", "--backbone", "data/backbone", "--data", "data/values/values.parquet",
                 "--validation", "reports/validation", "--out", "data/hidden", "--metrics", "metrics"],
     "card": ["card", "--summary", "data/values/CARD.json", "--extract-metrics", "metrics/extract.json",
@@ -45,7 +47,8 @@ STEP_ARGV: dict[str, list[str]] = {
     "register": ["register", "--module", "models/stage3", "--metrics", "metrics"],
 }
 # the order the flow runs them: a topological order of dvc.yaml's DAG
-STEP_ORDER = ("ingest", "validate", "backbone", "extract", "card", "stage1", "stage2", "stage3", "evaluate", "register")
+STEP_ORDER = ("ingest", "validate", "backbone", "baselines", "extract", "card", "stage1", "stage2", "stage3",
+              "evaluate", "register")
 
 VALIDATION_SUMMARY = Path("reports/validation/validation_summary.json")
 METRICS_DIR = Path("metrics")
