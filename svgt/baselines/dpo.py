@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
@@ -184,6 +183,8 @@ def fit_dpo(
     batches = [encoded[i : i + cfg.batch_size] for i in range(0, len(encoded), cfg.batch_size)]
     with torch.no_grad():  # the reference: the frozen backbone, before any adapter exists
         refs = [_pair_logps(model, batch, pad) for batch in batches]
+    from peft import LoraConfig, get_peft_model  # only fitting needs peft; applying merges plain tensors
+
     targets = target_paths(model)
     torch.manual_seed(seed)
     lora = LoraConfig(
