@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +14,38 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# writers implemented outside Python (safetensors' Rust core) report the OS error in their message only
+_DISK_FULL_TEXT = (f"(os error {errno.ENOSPC})", f"(os error {errno.EDQUOT})", "No space left on device")
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) filled up while writing an artifact; the partial write was removed."""
+
+    def __str__(self) -> str:  # the message alone (OSError would prefix "[Errno 28]" once errno is set)
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+def disk_full_error(target: Path, err: BaseException) -> DiskFullError:
+    """A DiskFullError naming ``target`` and the space left, for an error that :func:`is_disk_full`."""
+    code = getattr(err, "errno", None) or (errno.EDQUOT if f"(os error {errno.EDQUOT})" in str(err) else errno.ENOSPC)
+    try:
+        free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    full = DiskFullError(
+        f"disk full while writing {target} ({os.strerror(code)}; {free} on that filesystem): "
+        "the partial write was removed and nothing was replaced; free some space and rerun"
+    )
+    full.errno, full.filename = code, str(target)
+    return full
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """``err`` says the disk or quota is full (an OSError's errno, or a native writer's message)."""
+    if isinstance(err, OSError):
+        return isinstance(err, DiskFullError) or err.errno in _DISK_FULL_ERRNOS
+    return any(text in str(err) for text in _DISK_FULL_TEXT)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -27,7 +60,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
 
-    Readers therefore see either the old file or the complete new one, never a partial write.
+    Readers therefore see either the old file or the complete new one, never a partial write. A full disk
+    raises :class:`DiskFullError` naming ``target`` (the temporary file is removed).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +72,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
         os.replace(tmp_path, target)
+    except Exception as err:
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full_error(target, err) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -54,12 +92,22 @@ def write_json_atomic(target: str | Path, data: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Build a directory under a temporary name and swap it in whole on success."""
+    """Build a directory under a temporary name and swap it in whole on success.
+
+    A full disk raises :class:`DiskFullError` naming ``target``; the partial directory is removed and an
+    existing ``target`` is left as it was.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as err:
+            # name the artifact the caller asked for, not a file inside the temporary directory
+            if is_disk_full(err):
+                raise disk_full_error(target, err) from err
+            raise
         os.chmod(tmp, 0o755)
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -1,0 +1,166 @@
+"""Faults: the disk fills up while extraction writes a shard, or while a value module is saved.
+
+Where the test process may mount (root with CAP_SYS_ADMIN, as in our containers), the output goes to a real,
+small tmpfs, so the write fails with the kernel's own ENOSPC. That matters: safetensors (Rust) does not raise
+OSError then but ``SafetensorError('... No space left on device (os error 28)')``, which a monkeypatched
+OSError would never have shown. Where mounting is not allowed the fixture falls back to a simulation: the
+safetensors writers used by svgt are wrapped to write part of the file and raise OSError(ENOSPC) once the
+directory would exceed the same size limit (mocked, because a full disk cannot be made there).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import svgt.extract
+import svgt.model.module
+from svgt.config import ExtractConfig
+from svgt.data.schema import SPLITS
+from svgt.extract import HiddenStateStore, extract_hidden_states
+from svgt.io import DiskFullError
+from svgt.model import ValueModule, ValueModuleConfig, load_value_module, save_value_module
+
+pytestmark = pytest.mark.faults
+
+PAGE = 4096
+
+
+def used_bytes(root: Path) -> int:
+    """What the files under ``root`` occupy on tmpfs (whole pages)."""
+    return sum(-(-p.stat().st_size // PAGE) * PAGE for p in root.rglob("*") if p.is_file())
+
+
+class SmallDisk:
+    """A directory with a byte limit: a real tmpfs when mounting works, else a simulated one."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = path
+        path.mkdir()
+        try:
+            self.real = (
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], capture_output=True
+                ).returncode
+                == 0
+            )
+        except OSError:  # no mount binary
+            self.real = False
+        self.limit = 64 << 20
+        if not self.real:
+            for module in (svgt.extract, svgt.model.module):
+                monkeypatch.setattr(module, "save_file", self._limited(module.save_file))
+
+    def resize(self, nbytes: int) -> None:
+        self.limit = -(-nbytes // PAGE) * PAGE
+        if self.real:
+            subprocess.run(["mount", "-o", f"remount,size={self.limit}", str(self.path)], check=True)
+
+    def _limited(self, save_file):
+        from safetensors.torch import save
+
+        def wrapper(tensors, filename, metadata=None):
+            data = save(tensors, metadata=metadata)
+            room = self.limit - used_bytes(self.path)
+            if len(data) > room:
+                Path(filename).write_bytes(data[: max(room, 0)])  # what a full disk leaves: a truncated file
+                raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+            return save_file(tensors, filename, metadata=metadata)
+
+        return wrapper
+
+    def close(self) -> None:
+        if self.real:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    disk = SmallDisk(tmp_path / "disk", monkeypatch)
+    yield disk
+    disk.close()
+
+
+def same_shard(a: Path, b: Path) -> bool:
+    """Same tensors and metadata (not bytes: safetensors writes its metadata map in no fixed order)."""
+    with safe_open(a, framework="pt") as fa, safe_open(b, framework="pt") as fb:
+        return (
+            fa.metadata() == fb.metadata()
+            and sorted(fa.keys()) == sorted(fb.keys())
+            and all(
+                torch.equal(fa.get_tensor(k), fb.get_tensor(k))
+                for k in fa.keys()  # noqa: SIM118
+            )
+        )
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".*") if p.name.endswith((".tmp", ".old")))
+
+
+def test_disk_full_mid_extraction_then_rerun_completes(tiny_pipeline, tmp_path, small_disk):
+    cfg = ExtractConfig(layer=2, dtype="float32", shard_size=8)
+    ref = tmp_path / "ref"
+    extract_hidden_states(tiny_pipeline / "backbone", tiny_pipeline / "values.parquet", cfg, ref, progress=False)
+    index = json.loads((ref / "index.json").read_text())
+    shards = [ref / s["file"] for split in SPLITS for s in index["splits"][split]["shards"]]  # in write order
+    assert len(shards) == 13 and all(s.stat().st_size > 2 * PAGE for s in shards)
+    # room for three shards plus less than the fourth: the fourth write hits ENOSPC
+    small_disk.resize(sum(-(-s.stat().st_size // PAGE) * PAGE for s in shards[:3]) + PAGE)
+
+    out = small_disk.path / "hidden"
+    with pytest.raises(DiskFullError) as info:
+        extract_hidden_states(tiny_pipeline / "backbone", tiny_pipeline / "values.parquet", cfg, out, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"disk full while writing {out / shards[3].name} (No space left on device")
+    assert message.endswith("the partial write was removed and nothing was replaced; free some space and rerun")
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out / shards[3].name)
+    # nothing partial: the three finished shards are complete (byte-identical to an unhindered run), no temp
+    # file is left and no index was written, so no reader can mistake this for an extraction
+    assert sorted(p.name for p in out.iterdir()) == sorted(s.name for s in shards[:3])
+    assert all(same_shard(out / s.name, s) for s in shards[:3])
+    assert not (out / "index.json").exists()
+    with pytest.raises(svgt.extract.ExtractionError, match="no index.json; run `svgt extract` first"):
+        HiddenStateStore(out)
+
+    small_disk.resize(64 << 20)  # space returns: the rerun keeps the finished shards and writes the rest
+    summary = extract_hidden_states(
+        tiny_pipeline / "backbone", tiny_pipeline / "values.parquet", cfg, out, progress=False
+    )
+    assert (summary.shards_skipped, summary.shards_written) == (3, 10)
+    assert all(same_shard(out / s.name, s) for s in shards)
+    assert leftovers(out) == []
+    assert sum(1 for _ in HiddenStateStore(out).iter_split("train")) == 54  # every checksum verifies
+
+
+def test_disk_full_while_saving_a_module_keeps_the_old_one(tmp_path, small_disk):
+    cfg = ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2)
+    torch.manual_seed(0)
+    old, new = ValueModule(cfg), ValueModule(cfg)
+    target = small_disk.path / "models" / "stage1"
+    save_value_module(old, target, {"stage": 1})
+    size = used_bytes(target)
+    small_disk.resize(used_bytes(small_disk.path) + size // 2)  # not room for a second copy
+
+    with pytest.raises(DiskFullError) as info:
+        save_value_module(new, target, {"stage": 1, "run": "second"})
+    assert str(info.value).startswith(f"disk full while writing {target} (")
+    # the old module is untouched and still verifies; the half-written copy is gone
+    loaded, meta = load_value_module(target)
+    assert "run" not in meta
+    for (k, a), b in zip(loaded.state_dict().items(), old.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert leftovers(small_disk.path) == []
+    assert sorted(p.name for p in target.parent.iterdir()) == ["stage1"]
+
+    small_disk.resize(64 << 20)
+    save_value_module(new, target, {"stage": 1, "run": "second"})
+    assert load_value_module(target)[1]["run"] == "second"
+    shutil.rmtree(target)
