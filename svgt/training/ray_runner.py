@@ -1,13 +1,28 @@
-"""Run a curriculum stage as a Ray Train ``TorchTrainer`` job.
+"""Run a curriculum stage as a Ray Train ``TorchTrainer`` run.
 
-Local Ray is started on demand (CPU workers by default); with ``train.ray.address`` or RAY_ADDRESS
-an existing cluster is joined instead. Run state and checkpoints live under ``train.ray.storage_path``
-(local or s3://) under a name derived from the job, so rerunning an interrupted stage resumes from its
-last checkpoint, and ``FailureConfig`` restarts killed workers from it within one run.
+Where it runs depends on the address (``train.ray.address``, else RAY_ADDRESS):
+
+=====================================  ==============================================================
+address                                what ``svgt train`` does
+=====================================  ==============================================================
+unset                                  starts a local Ray for this process and stops it afterwards
+``http://head:8265`` (``https://``)    the Ray job server (dashboard port): the stage is submitted as
+                                       a Ray job (:mod:`svgt.training.submit`) that outlives this process
+``auto`` or ``host:6379``              joins the cluster as a driver; run it on a cluster node
+``ray://head:10001``                   Ray Client: this process drives the run remotely and must stay
+                                       up; it must see the workspace at the nodes' paths
+=====================================  ==============================================================
+
+Inside a submitted job (``svgt train --in-cluster``) the address is the RAY_ADDRESS that Ray's job
+supervisor sets, whatever params.yaml says. Run state and checkpoints live under
+``train.ray.storage_path`` (local or s3://) under a name derived from the job, so rerunning an
+interrupted stage resumes from its last checkpoint, and ``FailureConfig`` restarts killed workers from
+it within one run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -34,17 +49,41 @@ class StageOutcome:
     run_path: str
 
 
-def _storage_path(path: str) -> str:
+def resolve_storage_path(path: str) -> str:
+    """A local storage path made absolute (Ray workers do not share the driver's cwd); URLs unchanged."""
     return path if "://" in path else str(Path(path).resolve())
 
 
-def ensure_ray(cfg: RayConfig) -> bool:
-    """Connect to the configured cluster or start a local Ray; True if this call started it."""
+def configured_address(cfg: RayConfig) -> str | None:
+    """``train.ray.address``, else RAY_ADDRESS, else None (local Ray)."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_job_server(address: str | None) -> bool:
+    """True for a Ray job server (dashboard) URL, where stages are submitted as Ray jobs."""
+    return address is not None and address.startswith(("http://", "https://"))
+
+
+def ensure_ray(cfg: RayConfig, *, in_cluster: bool = False) -> bool:
+    """Connect to the configured cluster or start a local Ray; True if this call started it.
+
+    ``in_cluster``: this process is a submitted job's driver; it joins the cluster it runs on.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if in_cluster:
+        # the job supervisor sets RAY_ADDRESS to the cluster's GCS; params may name the job server instead
+        env = os.environ.get("RAY_ADDRESS")
+        ray.init(address=env if env and not is_job_server(env) else "auto", log_to_driver=True)
+        return True
+    address = configured_address(cfg)
+    if is_job_server(address):
+        raise ValueError(
+            f"Ray address {address} is a job server: submit the stage as a Ray job "
+            "(svgt.training.submit.submit_stage, which `svgt train` uses) or run it with --in-cluster"
+        )
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -53,23 +92,27 @@ def ensure_ray(cfg: RayConfig) -> bool:
     return True
 
 
-def run_stage(job: StageJob, fingerprint: str) -> StageOutcome:
+def run_stage(job: StageJob, fingerprint: str, *, in_cluster: bool = False) -> StageOutcome:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = job.train_config.ray
-    started = ensure_ray(cfg)
+    started = ensure_ray(cfg, in_cluster=in_cluster)
     name = job.run_name(fingerprint)
     try:
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={**job.to_dict(), "_threads": cfg.cpus_per_worker},
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            run_config=RunConfig(name=name, storage_path=_storage_path(cfg.storage_path),
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=resolve_storage_path(cfg.storage_path),
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
         )
         log.info("stage %d: Ray Train run %s (%d worker(s), gpu=%s)", job.stage, name, cfg.num_workers, cfg.use_gpu)
         result = trainer.fit()
@@ -83,7 +126,5 @@ def run_stage(job: StageJob, fingerprint: str) -> StageOutcome:
     with tempfile.TemporaryDirectory(prefix="svgt-result-") as tmp:
         local = result.checkpoint.to_directory(tmp)
         module = module_from_checkpoint(job, local)
-        import json
-
         history = json.loads((Path(local) / "state.json").read_text())["progress"]["history"]
     return StageOutcome(module, history, str(result.path))

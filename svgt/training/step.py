@@ -19,7 +19,7 @@ from svgt.io import sha256_file, write_json_atomic, write_text_atomic
 from svgt.model import save_value_module
 from svgt.model.module import load_value_module
 from svgt.training.data import load_stage_examples
-from svgt.training.job import job_from_params
+from svgt.training.job import StageJob, job_from_params
 from svgt.training.ray_runner import run_stage
 from svgt.training.stages import evaluate_discrimination
 
@@ -51,29 +51,70 @@ def _curve_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def train_stage(params: Params, stage: int, *, hidden_dir: Path, data_path: Path, backbone_dir: Path,
-                init_module: Path | None, out_dir: Path, metrics_dir: Path, plots_dir: Path) -> dict[str, Any]:
-    """Train one stage on Ray Train, evaluate it on the test split and export module + metrics."""
+def stage_job(
+    params: Params, stage: int, *, hidden_dir: Path, data_path: Path, backbone_dir: Path, init_module: Path | None
+) -> tuple[StageJob, str]:
+    """The stage's job description and its inputs' fingerprint (together they name the Ray run)."""
     if stage in (2, 3) and init_module is None:
         raise ValueError(f"stage {stage} needs --init (the module exported by stage {stage - 1})")
-    t0 = time.perf_counter()
     # Ray workers do not share the driver's working directory: hand them absolute paths (on a cluster
     # these must be on storage every node sees)
-    job = job_from_params(stage, params.model, params.train, hidden_dir=str(hidden_dir.resolve()),
-                          data_path=str(data_path.resolve()), backbone_dir=str(backbone_dir.resolve()),
-                          init_module=str(init_module.resolve()) if init_module else None)
-    fingerprint = _fingerprint(hidden_dir, data_path, *([init_module] if init_module else []))
-    outcome = run_stage(job, fingerprint)
+    job = job_from_params(
+        stage,
+        params.model,
+        params.train,
+        hidden_dir=str(hidden_dir.resolve()),
+        data_path=str(data_path.resolve()),
+        backbone_dir=str(backbone_dir.resolve()),
+        init_module=str(init_module.resolve()) if init_module else None,
+    )
+    return job, _fingerprint(hidden_dir, data_path, *([init_module] if init_module else []))
+
+
+def train_stage(
+    params: Params,
+    stage: int,
+    *,
+    hidden_dir: Path,
+    data_path: Path,
+    backbone_dir: Path,
+    init_module: Path | None,
+    out_dir: Path,
+    metrics_dir: Path,
+    plots_dir: Path,
+    in_cluster: bool = False,
+) -> dict[str, Any]:
+    """Train one stage on Ray Train, evaluate it on the test split and export module + metrics.
+
+    ``in_cluster``: this process is a submitted Ray job's driver (see :mod:`svgt.training.submit`).
+    """
+    t0 = time.perf_counter()
+    job, fingerprint = stage_job(
+        params, stage, hidden_dir=hidden_dir, data_path=data_path, backbone_dir=backbone_dir, init_module=init_module
+    )
+    outcome = run_stage(job, fingerprint, in_cluster=in_cluster)
     train_seconds = time.perf_counter() - t0
     store = HiddenStateStore(hidden_dir)
     test = _test_metrics(params, stage, outcome.module, store, data_path, init_module)
-    metrics = {"stage": stage, "train_seconds": round(train_seconds, 1), "epochs": len(outcome.history),
-               **({"final_" + k: v for k, v in outcome.history[-1].items()} if outcome.history else {}), **test}
-    metadata = {"stage": stage, "backbone_source": store.index["backbone"]["source"],
-                "backbone_weights_sha256": store.index["backbone"]["weights_sha256"], "layer": store.layer,
-                "data_sha256": sha256_file(data_path), "hidden_index_sha256": sha256_file(hidden_dir / "index.json"),
-                "ray_run": outcome.run_path, "params": {"model": job.model, "train": job.train},
-                "metrics": _finite(metrics), "history": [_finite(h) for h in outcome.history]}
+    metrics = {
+        "stage": stage,
+        "train_seconds": round(train_seconds, 1),
+        "epochs": len(outcome.history),
+        **({"final_" + k: v for k, v in outcome.history[-1].items()} if outcome.history else {}),
+        **test,
+    }
+    metadata = {
+        "stage": stage,
+        "backbone_source": store.index["backbone"]["source"],
+        "backbone_weights_sha256": store.index["backbone"]["weights_sha256"],
+        "layer": store.layer,
+        "data_sha256": sha256_file(data_path),
+        "hidden_index_sha256": sha256_file(hidden_dir / "index.json"),
+        "ray_run": outcome.run_path,
+        "params": {"model": job.model, "train": job.train},
+        "metrics": _finite(metrics),
+        "history": [_finite(h) for h in outcome.history],
+    }
     save_value_module(outcome.module, out_dir, metadata)
     write_json_atomic(metrics_dir / f"stage{stage}.json", _finite(metrics))
     write_text_atomic(plots_dir / f"stage{stage}.csv", _curve_csv(outcome.history))
@@ -81,8 +122,9 @@ def train_stage(params: Params, stage: int, *, hidden_dir: Path, data_path: Path
     return metrics
 
 
-def _test_metrics(params: Params, stage: int, module: Any, store: HiddenStateStore, data_path: Path,
-                  init_module: Path | None) -> dict[str, Any]:
+def _test_metrics(
+    params: Params, stage: int, module: Any, store: HiddenStateStore, data_path: Path, init_module: Path | None
+) -> dict[str, Any]:
     frame = pd.read_parquet(data_path)
     t = params.train
     if stage == 1:
