@@ -148,6 +148,8 @@ def check_svgt(argv: list[str]) -> argparse.Namespace:
         pytest.fail(f"`{shlex.join(argv)}` is not a valid svgt command (argparse exit {err.code})")
     if args.step == "train" and args.stage in (2, 3) and args.init is None:
         pytest.fail(f"`{shlex.join(argv)}`: stage {args.stage} needs --init (svgt.training.step refuses it)")
+    if args.step == "train" and args.in_cluster and (args.detach or args.attach):
+        pytest.fail(f"`{shlex.join(argv)}`: --in-cluster is a job's own driver; --detach/--attach are the submitter's")
     return args
 
 
@@ -221,6 +223,9 @@ def check_command(argv: list[str]) -> str:
         if token.startswith("infra/"):
             assert (REPO / token).exists(), f"`{shlex.join(argv)}`: {token} does not exist"
     prog = Path(argv[0]).name
+    if prog.startswith("python") and argv[1:3] == ["-m", "svgt.cli"]:  # how submitted stage jobs run svgt
+        check_svgt(["svgt", *argv[3:]])
+        return "svgt"
     if prog == "svgt":
         check_svgt(argv)
     elif prog == "dvc":
@@ -380,6 +385,8 @@ def all_commands() -> list[tuple[str, str]]:
     "ray job submit --address http://127.0.0.1:8265 -- 'cd /x && svgt trian --stage 1'",
     "ray start --num-gpu=1",
     "kubectl apply -f infra/kuberay/raycluster.yml",
+    "svgt train --stage 1 --in-cluster --detach",
+    "python -m svgt.cli train --stage 1 --in-clster",
 ])
 def test_checker_rejects(line):
     with pytest.raises((pytest.fail.Exception, AssertionError)):
@@ -391,9 +398,21 @@ def test_checker_rejects(line):
     "RAY_ADDRESS=auto svgt train --stage 3 --init models/stage2",
     "cd /mnt/svgt/repo && python infra/set_params.py train.ray.use_gpu=true && dvc repro --pull stage3",
     "ray job submit --address http://127.0.0.1:8265 -- 'svgt evaluate --module models/stage3'",
+    "RAY_ADDRESS=http://127.0.0.1:8265 svgt train --stage 2 --init models/stage1 --attach svgt-stage2-0123456789ab",
 ])
 def test_checker_accepts(line):
     check_line(line)
+
+
+def test_submitted_stage_entrypoint_is_a_valid_command():
+    """What svgt.training.submit hands Ray as a stage job's entrypoint goes through the same checker."""
+    from svgt.training.submit import entrypoint
+
+    line = entrypoint(3, hidden_dir=Path("data/hidden"), data_path=Path("data/values/values.parquet"),
+                      backbone_dir=Path("data/backbone"), init_module=Path("models/stage2"))
+    assert check_line(line) == ["svgt"]
+    args = check_svgt(["svgt", *shlex.split(line)[3:]])
+    assert args.in_cluster and args.stage == 3 and args.init.is_absolute()
 
 
 def test_params_keys_match_set_params_and_params_yaml():
