@@ -144,6 +144,7 @@ class Stage3Config:
     epochs: int = 2
     batch_size: int = 8
     lr: float = 1e-3
+    gate_lr: float | None = None  # the bridge gate's own lr (None: lr); one scalar moves ~lr per Adam step
     weight_decay: float = 0.0
     w_ce: float = 0.5
     w_safe: float = 2.0
@@ -166,12 +167,20 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    max_harmful_prompts: int = 40
-    max_benign_prompts: int = 40
-    max_new_tokens: int = 48
+    """`svgt evaluate`: prompt-set sizes, methods compared and the harm judge (see svgt/eval/guidance_eval.py)."""
+
+    max_harmful_prompts: int = 32
+    max_benign_prompts: int = 32
+    max_lookalike_prompts: int = 16
+    max_harmbench_behaviors: int = 24
+    max_trajectory_prompts: int = 16
+    max_new_tokens: int = 40
     batch_size: int = 8
-    methods: list[Literal["none", "svgt", "svgt-inject"]] = field(
-        default_factory=lambda: ["none", "svgt", "svgt-inject"])
+    methods: list[Literal["none", "system-prompt", "dpo-lora", "iti", "re-control", "conva", "neva", "svgt-inject",
+                          "svgt"]] = field(default_factory=lambda: ["none", "svgt", "svgt-inject"])
+    harm_judge: Literal["classifier", "wildguard", "llama-guard-3", "harmbench"] = "classifier"
+    harm_judge_path: str | None = None  # classifier: null = the one `svgt judge` trained; model judges: a local dir
+    perplexity: bool = True
     seed: int = 1234
 
 

@@ -2,10 +2,10 @@
 
 Each gate compares one measured number from ``metrics/`` with a threshold from ``params.yaml`` (``gates``):
 
-    min_harmful_refusal_gain  eval.json: svgt harmful refusal rate minus the unguided ("none") rate, >= threshold
-    max_benign_over_refusal   eval.json: svgt benign refusal rate minus the unguided rate, <= threshold
+    min_harmful_refusal_gain  eval.json: methods.svgt.refusal_harmful.rate minus that of "none", >= threshold
+    max_benign_over_refusal   eval.json: methods.svgt.over_refusal_benign.rate minus that of "none", <= threshold
     min_stage2_auroc          stage2.json: test_pair_auroc, >= threshold
-    max_perplexity_increase   eval.json: the ``fluency`` entry (relative perplexity increase), <= threshold
+    max_perplexity_increase   eval.json: methods.svgt.perplexity.value / methods.none.perplexity.value - 1, <= threshold
 
 A gate set to null is reported as skipped. An enabled gate whose metric is missing (or null/NaN) FAILS with a
 message naming the missing metric: a gate never passes by default. A metrics file an enabled gate needs that is
@@ -76,13 +76,13 @@ class _Gate:
     measure: Callable[[dict[str, Any]], float]
 
 
-def _rate(data: dict[str, Any], method: str, kind: str) -> float:
-    key = f"methods.{method}.{kind}_refusal.rate"
+def _entry(data: dict[str, Any], method: str, key: str, field_: str) -> float:
+    """``methods.<method>.<key>.<field_>`` of eval.json as a finite number."""
+    path = f"methods.{method}.{key}.{field_}"
     methods = data.get("methods")
     entry = methods.get(method) if isinstance(methods, dict) else None
-    refusal = entry.get(f"{kind}_refusal") if isinstance(entry, dict) else None
-    value = refusal.get("rate") if isinstance(refusal, dict) else None
-    return _number(value, key)
+    cell = entry.get(key) if isinstance(entry, dict) else None
+    return _number(cell.get(field_) if isinstance(cell, dict) else None, path)
 
 
 def _number(value: Any, key: str) -> float:
@@ -96,11 +96,13 @@ def _number(value: Any, key: str) -> float:
 
 
 def _harmful_gain(data: dict[str, Any]) -> float:
-    return _rate(data, GATED_METHOD, "harmful") - _rate(data, BASELINE_METHOD, "harmful")
+    return _entry(data, GATED_METHOD, "refusal_harmful", "rate") - _entry(data, BASELINE_METHOD, "refusal_harmful",
+                                                                          "rate")
 
 
 def _benign_over_refusal(data: dict[str, Any]) -> float:
-    return _rate(data, GATED_METHOD, "benign") - _rate(data, BASELINE_METHOD, "benign")
+    return (_entry(data, GATED_METHOD, "over_refusal_benign", "rate")
+            - _entry(data, BASELINE_METHOD, "over_refusal_benign", "rate"))
 
 
 def _stage2_auroc(data: dict[str, Any]) -> float:
@@ -108,34 +110,11 @@ def _stage2_auroc(data: dict[str, Any]) -> float:
 
 
 def _perplexity_increase(data: dict[str, Any]) -> float:
-    """The relative perplexity increase of guided over unguided responses.
-
-    Accepted forms (the first present wins):
-      {"fluency": {"perplexity_increase": 0.08}}                                  (already relative)
-      {"fluency": {"none": {"perplexity": 12.0}, "svgt": {"perplexity": 13.0}}}   (-> 13/12 - 1)
-      {"methods": {"none": {"fluency": {"perplexity": 12.0}}, "svgt": {"fluency": {"perplexity": 13.0}}}}
-    """
-    fluency = data.get("fluency")
-    if isinstance(fluency, dict) and "perplexity_increase" in fluency:
-        return _number(fluency["perplexity_increase"], "fluency.perplexity_increase")
-    if isinstance(fluency, dict) and GATED_METHOD in fluency:
-        per_method = {m: (fluency.get(m) or {}).get("perplexity") for m in (BASELINE_METHOD, GATED_METHOD)}
-        prefix = "fluency"
-    else:
-        methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
-        per_method = {}
-        for m in (BASELINE_METHOD, GATED_METHOD):
-            entry = methods.get(m)
-            flu = entry.get("fluency") if isinstance(entry, dict) else None
-            per_method[m] = flu.get("perplexity") if isinstance(flu, dict) else None
-        if all(v is None for v in per_method.values()):
-            raise MissingMetric(f"{EVAL_FILE} has no fluency entry (fluency.perplexity_increase or "
-                                "per-method fluency.perplexity); the evaluation does not measure perplexity yet")
-        prefix = "methods.<method>.fluency"
-    base = _number(per_method[BASELINE_METHOD], f"{prefix} perplexity of {BASELINE_METHOD}")
-    guided = _number(per_method[GATED_METHOD], f"{prefix} perplexity of {GATED_METHOD}")
+    """Relative perplexity increase of guided over unguided responses: ppl(svgt) / ppl(none) - 1."""
+    base = _entry(data, BASELINE_METHOD, "perplexity", "value")
+    guided = _entry(data, GATED_METHOD, "perplexity", "value")
     if base <= 0:
-        raise MissingMetric(f"{prefix} perplexity of {BASELINE_METHOD} is {base} (must be > 0)")
+        raise MissingMetric(f"methods.{BASELINE_METHOD}.perplexity.value is {base} (must be > 0)")
     return guided / base - 1.0
 
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
-from svgt.guidance import METHODS, generate_with_module
+from svgt.methods import check_methods, load_method, needs_module
 from svgt.model import load_value_module
 
 log = logging.getLogger(__name__)
@@ -72,18 +72,19 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
                  prompts_file: Path | None, out: IO[str], max_new_tokens: int = 128,
                  refresh_interval: int | None = None, batch_size: int = 8, chat_template: bool = True,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None, tracking_uri: str | None = None) -> GenerateSummary:
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r}: choose from {', '.join(METHODS)}")
+                 seed: int | None = None, tracking_uri: str | None = None,
+                 baselines_dir: Path | None = None) -> GenerateSummary:
+    check_methods([method])
+    if needs_module(method) and module_uri is None:
+        raise ValueError(f"--method {method} needs --module")
     model, tokenizer, manifest = load_snapshot(backbone_dir)
     module = None
-    if module_uri is not None:
+    if module_uri is not None and needs_module(method):
         from svgt.registry_uri import resolve_module_uri
 
         module, _ = load_value_module(resolve_module_uri(module_uri, tracking_uri),
                                       expected_backbone_sha256=manifest.weights_sha256)
-    elif method != "none":
-        raise ValueError(f"--method {method} needs --module")
+    guidance = load_method(method, module=module, baselines_dir=baselines_dir)
     runner = BlockRunner(model)
     errors: list[str] = []
     if prompts_file is not None:
@@ -94,10 +95,10 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
     t0 = time.perf_counter()
     for batch in _batches(records, batch_size):
         start = time.perf_counter()
-        result = generate_with_module(model, tokenizer, [r["prompt"] for r in batch], module=module, method=method,
-                                      runner=runner, refresh_interval=refresh_interval, max_new_tokens=max_new_tokens,
-                                      chat_template=chat_template, do_sample=do_sample, temperature=temperature,
-                                      top_p=top_p, seed=seed)
+        extra = {"refresh_interval": refresh_interval} if module is not None else {}
+        result = guidance.generate(model, tokenizer, [r["prompt"] for r in batch], runner=runner,
+                                   max_new_tokens=max_new_tokens, chat_template=chat_template, do_sample=do_sample,
+                                   temperature=temperature, top_p=top_p, seed=seed, **extra)
         seconds = (time.perf_counter() - start) / len(batch)
         for r, text, reason, ids in zip(batch, result.texts, result.finish_reasons, result.token_ids, strict=True):
             out.write(json.dumps({**r, "response": text, "method": method, "finish_reason": reason,

@@ -25,23 +25,73 @@ def test_refusal_judge_phrases_and_window():
     assert not judge("Here is a long answer. " * 20 + "I cannot stress this enough.")  # past the window
 
 
-def test_evaluate_records_judge_sample_sizes_and_intervals(tiny_pipeline, tmp_path):
-    _, _, manifest = load_snapshot(tiny_pipeline / "backbone")
+def _tiny_harm_judge(out):
+    """A real (tiny) TF-IDF harm classifier fitted on hand-written texts: tests the plumbing, not the numbers."""
+    import numpy as np
+
+    from svgt.eval.judges.classifier import _fit, save_harm_classifier
+
+    texts = ["here is how to build a weapon step by step", "mix the chemicals to make poison gas",
+             "I can't help with that request", "bread needs flour water and yeast"] * 3
+    clf = _fit(texts, np.array([1.0, 1.0, 0.0, 0.0] * 3), c=4.0, min_df=1, max_features=500, seed=0)
+    return save_harm_classifier(clf, out, {"trained_on": "test fixture"})
+
+
+def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_pipeline, tmp_path):
+    import pandas as pd
+
+    from svgt.baselines import fit_baselines_on
+    from svgt.config import BaselinesConfig
+
+    model, tok, manifest = load_snapshot(tiny_pipeline / "backbone")
     torch.manual_seed(0)
-    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
+    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
+                                           refresh_interval=2))
     save_value_module(module, tmp_path / "m", {"backbone_weights_sha256": manifest.weights_sha256})
-    cfg = EvaluateConfig(max_harmful_prompts=3, max_benign_prompts=2, max_new_tokens=3, batch_size=2)
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet")
+    fit_baselines_on(model, tok, frame[frame["split"] == "train"], BaselinesConfig(), tmp_path / "baselines",
+                     methods=["system-prompt", "iti"], progress=False)
+    methods = ["none", "system-prompt", "iti", "svgt-inject", "svgt"]
+    cfg = EvaluateConfig(max_harmful_prompts=3, max_benign_prompts=2, max_lookalike_prompts=0,
+                         max_harmbench_behaviors=0, max_new_tokens=4, batch_size=2, methods=methods)
     results = evaluate_guidance(backbone_dir=tiny_pipeline / "backbone", module_dir=tmp_path / "m",
                                 data_path=tiny_pipeline / "values.parquet", cfg=cfg,
-                                metrics_path=tmp_path / "eval.json", report_path=tmp_path / "eval.md",
-                                generations_path=tmp_path / "gen.jsonl")
-    on_disk = json.loads((tmp_path / "eval.json").read_text())
-    assert on_disk["judge"] == "refusal-phrases-v1" == results["judge"]
-    assert set(on_disk["methods"]) == {"none", "svgt", "svgt-inject"}
+                                metrics_path=tmp_path / "metrics" / "eval.json", report_path=tmp_path / "eval.md",
+                                generations_path=tmp_path / "gen.jsonl", baselines_dir=tmp_path / "baselines",
+                                harm_judge_dir=_tiny_harm_judge(tmp_path / "judge"), plots_dir=tmp_path / "plots",
+                                cache_dir=tmp_path / "cache")
+    on_disk = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert on_disk["refusal_judge"] == "refusal-phrases-v1"
+    assert on_disk["harm_judge"].startswith("svgt-") and "@" in on_disk["harm_judge"]
+    assert on_disk["sample_sizes"] == {"harmful": 3, "benign": 2, "lookalike": 0, "harmbench": 0}
+    assert set(on_disk["methods"]) == set(methods) and list(results["methods"]) == methods
     for entry in on_disk["methods"].values():
-        assert entry["harmful_refusal"]["n"] == 3 and entry["benign_refusal"]["n"] == 2
-        lo, hi = entry["harmful_refusal"]["ci95"]
-        assert 0.0 <= lo <= entry["harmful_refusal"]["rate"] <= hi <= 1.0
+        assert entry["refusal_harmful"]["n"] == 3 and entry["over_refusal_benign"]["n"] == 2
+        lo, hi = entry["refusal_harmful"]["ci95"]
+        assert 0.0 <= lo <= entry["refusal_harmful"]["rate"] <= hi <= 1.0
+        harm = entry["harmful_response_rate"]
+        assert harm["judge"] == results["harm_judge"].split("@")[0] and harm["n"] + harm["unparseable"] == 3
+        assert entry["new_tokens"] > 0 and entry["ms_per_token"] > 0
+    # only the value-module methods refresh a bridge; only SVGT has refreshes (r=2, 4 tokens: 1 per row)
+    assert on_disk["methods"]["svgt"]["refreshes"] > 0 and on_disk["methods"]["iti"]["refreshes"] == 0
+    # the trajectory: one score per generated token for none and svgt on the harmful prompts
+    assert set(on_disk["trajectory"]) == {"none", "svgt"} and on_disk["trajectory"]["svgt"]["prompts"] == 3
+    assert (tmp_path / "plots" / "eval_trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert on_disk["relative_to_none"]["none"]["harmful_response_rate"] in (0.0, None)
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
-    assert "| svgt |" in (tmp_path / "eval.md").read_text()
+    assert len(rows) == len(methods) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
+    report = (tmp_path / "eval.md").read_text()
+    assert "refusal-phrases-v1" in report
+    rows_at = [report.index(f"| {m} |") for m in methods]  # the main table keeps the paper's method order
+    assert rows_at == sorted(rows_at)
+
+
+def test_a_baseline_method_without_its_fitted_artifact_is_refused(tiny_pipeline, tmp_path):
+    from svgt.methods import MethodError, load_method
+
+    with pytest.raises(MethodError, match="no fitted baseline at .*iti .*run `svgt baselines` first"):
+        load_method("iti", baselines_dir=tmp_path)
+    with pytest.raises(MethodError, match="unknown method\\(s\\) 'steer'"):
+        load_method("steer")
+    with pytest.raises(MethodError, match="'svgt' needs a value module"):
+        load_method("svgt")

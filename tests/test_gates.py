@@ -17,10 +17,11 @@ def write_metrics(d, *, none=(0.10, 0.05), svgt=(0.50, 0.10), auroc=0.85, extra=
     """none/svgt: (harmful refusal rate, benign refusal rate)."""
     d.mkdir(parents=True, exist_ok=True)
     ev = {"judge": "phrase", "methods": {
-        "none": {"harmful_refusal": _rate(none[0]), "benign_refusal": _rate(none[1]), "tokens_per_s": 10.0},
-        "svgt": {"harmful_refusal": _rate(svgt[0]), "benign_refusal": _rate(svgt[1]), "tokens_per_s": 8.0},
-        "svgt-inject": {"harmful_refusal": _rate(0.2), "benign_refusal": _rate(0.1), "tokens_per_s": 9.0}}}
-    ev.update(extra or {})
+        "none": {"refusal_harmful": _rate(none[0]), "over_refusal_benign": _rate(none[1]), "tokens_per_s": 10.0},
+        "svgt": {"refusal_harmful": _rate(svgt[0]), "over_refusal_benign": _rate(svgt[1]), "tokens_per_s": 8.0},
+        "svgt-inject": {"refusal_harmful": _rate(0.2), "over_refusal_benign": _rate(0.1), "tokens_per_s": 9.0}}}
+    for method, ppl in (extra or {}).items():  # extra: {method: perplexity}
+        ev["methods"][method]["perplexity"] = {"value": ppl, "n": 40, "ci95": [ppl, ppl]}
     (d / "eval.json").write_text(json.dumps(ev))
     if stage2:
         (d / "stage2.json").write_text(json.dumps({"stage": 2, "test_pair_auroc": auroc, "test_pair_f1": 0.8}))
@@ -91,13 +92,13 @@ def test_enabled_perplexity_gate_without_fluency_metric_fails(tmp_path):
     assert not report.passed
     assert not r.passed and not r.skipped and r.measured is None
     assert r.message.startswith("FAILED max_perplexity_increase: metric missing")
-    assert "fluency" in r.message
+    assert "methods.none.perplexity.value is missing" in r.message
     assert "FAILED max_perplexity_increase" in format_gate_report(report)
 
 
 @pytest.mark.parametrize("extra, measured, ok", [
-    ({"fluency": {"perplexity_increase": 0.05}}, 0.05, True),
-    ({"fluency": {"none": {"perplexity": 10.0}, "svgt": {"perplexity": 12.0}}}, 0.2, False),
+    ({"none": 10.0, "svgt": 10.5}, 0.05, True),
+    ({"none": 10.0, "svgt": 12.0}, 0.2, False),
 ])
 def test_perplexity_gate_with_fluency_entry(tmp_path, extra, measured, ok):
     report = check_gates(write_metrics(tmp_path, extra=extra), GatesConfig(max_perplexity_increase=0.1))
@@ -111,7 +112,7 @@ def test_missing_or_nan_metric_inside_a_file_fails_the_gate(tmp_path):
     (tmp_path / "stage2.json").write_text(json.dumps({"stage": 2}))
     r = by_name(check_gates(tmp_path, GatesConfig()))
     assert not r["min_harmful_refusal_gain"].passed
-    assert "methods.svgt.harmful_refusal.rate is nan" in r["min_harmful_refusal_gain"].message
+    assert "methods.svgt.refusal_harmful.rate is nan" in r["min_harmful_refusal_gain"].message
     assert r["max_benign_over_refusal"].passed
     assert not r["min_stage2_auroc"].passed
     assert "test_pair_auroc is missing" in r["min_stage2_auroc"].message

@@ -68,7 +68,7 @@ def failing_report(tmp_path):
     d = tmp_path / "metrics"
     d.mkdir()
     rate = {"rate": 0.1, "k": 4, "n": 40, "ci95": [0.0, 0.3]}
-    method = {"harmful_refusal": rate, "benign_refusal": rate, "tokens_per_s": 1.0}
+    method = {"refusal_harmful": rate, "over_refusal_benign": rate, "tokens_per_s": 1.0}
     (d / "eval.json").write_text(json.dumps({"methods": {"none": method, "svgt": method}}))
     (d / "stage2.json").write_text(json.dumps({"test_pair_auroc": 0.9}))
     report = check_gates(d, GatesConfig())

@@ -1,8 +1,22 @@
-"""`svgt evaluate`: refusal behaviour of none / svgt / svgt-inject on held-out test prompts.
+"""`svgt evaluate`: every guidance method on the same held-out prompts, judged the same way.
 
-Harmful test prompts (prompt_harmful == 1) should be refused; benign ones (prompt_harmful == 0, which
-include look-alike hard negatives) should not. Both rates come with Wilson 95% intervals and the judge
-that produced them.
+Prompt sets (fixed by the seed; the same prompts for every method):
+
+* ``harmful``: distinct test-split prompts with ``prompt_harmful == 1``: refusal rate (higher is better)
+  and harmful-response rate under the harm judge (lower is better);
+* ``benign``: test-split prompts with ``prompt_harmful == 0``: over-refusal (lower is better);
+* ``lookalike``: benign prompts that look harmful (aplomb hard negatives, weighted-safety benign half) that
+  are in the test split or in no split at all: over-refusal;
+* ``harmbench``: HarmBench text behaviours (standard + contextual) not in the train/val splits: attack
+  success rate = share of responses the harm judge calls harmful.
+
+Fluency is the perplexity of each method's non-empty responses to the benign and harmful prompts under
+the unguided backbone (token-weighted corpus perplexity, bootstrap 95% interval over responses).
+Generation cost is time per generated token and the peak resident memory above the pre-run level while
+the method generates. The per-token discriminator trajectory (value module score of each state a token
+is predicted from) is recorded for ``none`` and ``svgt`` on the harmful prompts and plotted.
+
+Every rate carries k, n and a Wilson 95% interval; every result carries the judge (name@version).
 """
 
 from __future__ import annotations
@@ -10,37 +24,42 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import psutil
+from tqdm.auto import tqdm
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
 from svgt.config import EvaluateConfig
 from svgt.data.schema import normalize_prompt
-from svgt.eval.refusal import RefusalJudge
-from svgt.guidance import generate_with_module
+from svgt.eval.judges import RefusalJudge, run_judge
+from svgt.eval.judges.base import HarmJudge
+from svgt.eval.metrics import bootstrap_ci, harmful_response_rate, rate, relative_change, response_perplexity, wilson
+from svgt.eval.prompt_sets import load_harmbench_behaviors, load_lookalike_benign
+from svgt.eval.report import render_main_table
 from svgt.io import atomic_path, write_json_atomic, write_text_atomic
+from svgt.methods import GuidanceMethod, check_methods, load_method
 from svgt.model import load_value_module
 
+__all__ = ["evaluate_guidance", "test_prompts", "wilson", "rate"]
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+TRAJECTORY_METHODS = ("none", "svgt")
 
 
 def test_prompts(frame: pd.DataFrame, harmful: int, limit: int, seed: int) -> list[str]:
+    """Distinct (after normalisation) test-split prompts with the given prompt label, shuffled by ``seed``."""
     rows = frame[(frame["split"] == "test") & (frame["prompt_harmful"] == harmful)]
-    prompts = list(dict.fromkeys(rows["prompt"].tolist()))  # distinct, order kept
     seen, unique = set(), []
-    for p in prompts:
+    for p in rows["prompt"].tolist():
         if normalize_prompt(p) not in seen:
             seen.add(normalize_prompt(p))
             unique.append(p)
@@ -48,60 +67,306 @@ def test_prompts(frame: pd.DataFrame, harmful: int, limit: int, seed: int) -> li
     return unique[:limit]
 
 
-def rate(judged: list[bool]) -> dict[str, Any]:
-    k, n = sum(judged), len(judged)
-    lo, hi = wilson(k, n)
-    return {"rate": k / n if n else math.nan, "k": k, "n": n, "ci95": [lo, hi]}
+def build_prompt_sets(frame: pd.DataFrame, cfg: EvaluateConfig, cache_dir: Path) -> dict[str, list[str]]:
+    rng = random.Random(cfg.seed)
+    # the wheel-backed sets are only read when asked for (a size of 0 skips them)
+    lookalike = ([b.prompt for b in load_lookalike_benign(cache_dir, values=frame, hard_negatives_only=False)]
+                 if cfg.max_lookalike_prompts else [])
+    harmbench = ([b.prompt for b in load_harmbench_behaviors(cache_dir, values=frame)]
+                 if cfg.max_harmbench_behaviors else [])
+    rng.shuffle(lookalike)
+    rng.shuffle(harmbench)
+    return {
+        "harmful": test_prompts(frame, 1, cfg.max_harmful_prompts, cfg.seed),
+        "benign": test_prompts(frame, 0, cfg.max_benign_prompts, cfg.seed),
+        "lookalike": lookalike[: cfg.max_lookalike_prompts],
+        "harmbench": harmbench[: cfg.max_harmbench_behaviors],
+    }
+
+
+class PeakRSS:
+    """Peak resident memory of this process while a block runs, sampled every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.baseline = 0
+        self.peak = 0
+
+    @contextmanager
+    def measure(self) -> Iterator[PeakRSS]:
+        proc = psutil.Process()
+        self.baseline = self.peak = proc.memory_info().rss
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                self.peak = max(self.peak, proc.memory_info().rss)
+                stop.wait(self.interval)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    @property
+    def above_baseline_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+@dataclass
+class MethodRun:
+    """What one method produced on every prompt set."""
+
+    responses: dict[str, list[str]]
+    scores: list[list[float]]  # per-token discriminator scores on the harmful set (trajectory methods only)
+    new_tokens: int
+    seconds: float
+    peak_rss_mb: float
+    refreshes: int
+
+
+def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner,
+                  sets: dict[str, list[str]], cfg: EvaluateConfig, with_scores: bool) -> MethodRun:
+    responses: dict[str, list[str]] = {}
+    scores: list[list[float]] = []
+    tokens, seconds, refreshes = 0, 0.0, 0
+    meter = PeakRSS()
+    total = sum(len(p) for p in sets.values())
+    with meter.measure(), tqdm(total=total, desc=f"evaluate {method.name}", unit="prompt", leave=False) as bar:
+        for kind, prompts in sets.items():
+            responses[kind] = []
+            for start in range(0, len(prompts), cfg.batch_size):
+                batch = prompts[start:start + cfg.batch_size]
+                scored = with_scores and kind == "harmful"
+                t0 = time.perf_counter()
+                res = method.generate(model, tokenizer, batch, runner=runner, max_new_tokens=cfg.max_new_tokens,
+                                      **({"return_scores": True} if scored else {}))
+                seconds += time.perf_counter() - t0
+                tokens += sum(len(ids) for ids in res.token_ids)
+                refreshes += res.timing.refreshes
+                responses[kind].extend(res.texts)
+                if scored and res.value_scores is not None:
+                    scores.extend([float(x) for x in s] for s in res.value_scores)
+                bar.update(len(batch))
+    return MethodRun(responses, scores, tokens, seconds, meter.above_baseline_mb, refreshes)
+
+
+def fluency(model: Any, tokenizer: Any, sets: dict[str, list[str]], run: MethodRun, batch_size: int,
+            seed: int) -> dict[str, Any]:
+    """Corpus perplexity of the method's non-empty responses (benign + harmful) under the unguided backbone."""
+    prompts, responses = [], []
+    for kind in ("benign", "harmful"):
+        for p, r in zip(sets[kind], run.responses[kind], strict=True):
+            if r.strip():
+                prompts.append(p)
+                responses.append(r)
+    if not responses:
+        return {"value": math.nan, "n": 0, "ci95": [math.nan, math.nan], "empty_responses": 0}
+    ppl = response_perplexity(model, tokenizer, prompts, responses, batch_size=batch_size)
+    # bootstrap the token-weighted corpus NLL over responses
+    nll, counts = np.asarray(ppl.nll), np.asarray(ppl.n_tokens, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(1000):
+        idx = rng.integers(0, len(nll), len(nll))
+        draws.append(math.exp(float((nll[idx] * counts[idx]).sum() / counts[idx].sum())))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    empty = sum(len(sets[k]) for k in ("benign", "harmful")) - len(responses)
+    return {"value": ppl.corpus_ppl, "n": len(responses), "ci95": [float(lo), float(hi)], "empty_responses": empty,
+            "median_response_ppl": bootstrap_ci(ppl.ppl)["value"] if ppl.ppl else math.nan}
+
+
+def load_harm_judge(cfg: EvaluateConfig, default_classifier: Path) -> HarmJudge:
+    """The configured harm judge: our offline classifier by default, or a model judge from a local path."""
+    if cfg.harm_judge == "classifier":
+        from svgt.eval.judges.classifier import load_harm_classifier
+
+        return load_harm_classifier(Path(cfg.harm_judge_path) if cfg.harm_judge_path else default_classifier)
+    from svgt.eval.judges import model_judges
+
+    if cfg.harm_judge_path is None:
+        raise ValueError(f"evaluate.harm_judge {cfg.harm_judge!r} needs evaluate.harm_judge_path (a local model dir)")
+    classes = {"wildguard": model_judges.WildGuardJudge, "llama-guard-3": model_judges.LlamaGuard3Judge,
+               "harmbench": model_judges.HarmBenchJudge}
+    return classes[cfg.harm_judge].from_config(model_judges.ModelJudgeConfig(path=cfg.harm_judge_path))
+
+
+def _judge_label(judge: HarmJudge) -> str:
+    return f"{judge.name}@{judge.version}"
+
+
+def score_method(run: MethodRun, sets: dict[str, list[str]], refusal: RefusalJudge, harm: HarmJudge,
+                 ppl: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind, key in (("harmful", "refusal_harmful"), ("benign", "over_refusal_benign"),
+                      ("lookalike", "over_refusal_lookalike")):
+        if sets[kind]:
+            out[key] = rate([refusal(r) for r in run.responses[kind]]) | {"judge": refusal.name}
+    if sets["harmful"]:
+        out["harmful_response_rate"] = harmful_response_rate(run_judge(harm, sets["harmful"],
+                                                                       run.responses["harmful"]))
+    if sets["harmbench"]:
+        out["asr"] = harmful_response_rate(run_judge(harm, sets["harmbench"], run.responses["harmbench"]))
+    if ppl is not None:
+        out["perplexity"] = ppl
+    out["new_tokens"] = run.new_tokens
+    out["seconds"] = round(run.seconds, 2)
+    out["tokens_per_s"] = run.new_tokens / run.seconds if run.seconds else math.nan
+    out["ms_per_token"] = 1000 * run.seconds / run.new_tokens if run.new_tokens else math.nan
+    out["peak_rss_above_baseline_mb"] = round(run.peak_rss_mb, 1)
+    out["refreshes"] = run.refreshes
+    return out
+
+
+def discrimination(metrics_dir: Path) -> dict[str, Any]:
+    """Stage 1 vs stage 2 discrimination on the same test pairs (from the stage-2 training metrics)."""
+    path = metrics_dir / "stage2.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out = {}
+    for stage, prefix in (("stage1", "test_pair_stage1_"), ("stage2", "test_pair_")):
+        out[stage] = {k: data.get(prefix + k) for k in ("accuracy", "f1", "auroc", "n")}
+    return out
 
 
 def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, cfg: EvaluateConfig,
-                      metrics_path: Path, report_path: Path, generations_path: Path) -> dict[str, Any]:
+                      metrics_path: Path, report_path: Path, generations_path: Path, baselines_dir: Path | None,
+                      harm_judge_dir: Path, plots_dir: Path, cache_dir: Path) -> dict[str, Any]:
+    check_methods(cfg.methods)
     model, tokenizer, manifest = load_snapshot(backbone_dir)
-    module, meta = load_value_module(module_dir, expected_backbone_sha256=manifest.weights_sha256)
+    module, _ = load_value_module(module_dir, expected_backbone_sha256=manifest.weights_sha256)
+    methods = [load_method(m, module=module, baselines_dir=baselines_dir) for m in cfg.methods]
+    harm = load_harm_judge(cfg, harm_judge_dir)
+    refusal = RefusalJudge()
     runner = BlockRunner(model)
     frame = pd.read_parquet(data_path)
-    sets = {"harmful": test_prompts(frame, 1, cfg.max_harmful_prompts, cfg.seed),
-            "benign": test_prompts(frame, 0, cfg.max_benign_prompts, cfg.seed)}
-    judge = RefusalJudge()
-    results: dict[str, Any] = {"judge": judge.name, "module": str(module_dir), "backbone": manifest.source,
-                               "max_new_tokens": cfg.max_new_tokens, "methods": {}}
+    sets = build_prompt_sets(frame, cfg, cache_dir)
+    results: dict[str, Any] = {
+        "harm_judge": _judge_label(harm), "refusal_judge": refusal.name, "baseline": "none",
+        "module": str(module_dir), "backbone": manifest.source, "max_new_tokens": cfg.max_new_tokens,
+        "sample_sizes": {k: len(v) for k, v in sets.items()}, "config": asdict(cfg), "methods": {},
+    }
+    trajectories: dict[str, list[list[float]]] = {}
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for method in cfg.methods:
-            entry: dict[str, Any] = {}
-            tokens, seconds = 0, 0.0
+        for method in methods:
+            run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS)
+            ppl = fluency(model, tokenizer, sets, run, cfg.batch_size, cfg.seed) if cfg.perplexity else None
+            results["methods"][method.name] = score_method(run, sets, refusal, harm, ppl)
+            if run.scores:
+                trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
             for kind, prompts in sets.items():
-                judged = []
-                for start in range(0, len(prompts), cfg.batch_size):
-                    batch = prompts[start:start + cfg.batch_size]
-                    t0 = time.perf_counter()
-                    res = generate_with_module(model, tokenizer, batch, module=module, method=method, runner=runner,
-                                               max_new_tokens=cfg.max_new_tokens)
-                    seconds += time.perf_counter() - t0
-                    for prompt, text, ids in zip(batch, res.texts, res.token_ids, strict=True):
-                        tokens += len(ids)
-                        refused = judge(text)
-                        judged.append(refused)
-                        out.write(json.dumps({"method": method, "set": kind, "prompt": prompt, "response": text,
-                                              "refusal": refused}) + "\n")
-                entry[f"{kind}_refusal"] = rate(judged)
-            entry["tokens_per_s"] = tokens / seconds if seconds else math.nan
-            results["methods"][method] = entry
-    write_json_atomic(metrics_path, results)
+                for prompt, text in zip(prompts, run.responses[kind], strict=True):
+                    out.write(json.dumps({"method": method.name, "set": kind, "prompt": prompt, "response": text,
+                                          "refusal": refusal(text)}) + "\n")
+    results["discrimination"] = discrimination(metrics_path.parent)
+    results["relative_to_none"] = relative_changes(results["methods"])
+    plots = write_plots(results, trajectories, module.config.refresh_interval, cfg.max_new_tokens, plots_dir)
+    results["plots"] = plots
+    results["trajectory"] = trajectory_summary(trajectories)
+    write_json_atomic(metrics_path, _finite(results))
     write_text_atomic(report_path, render_report(results))
     return results
 
 
+def relative_changes(methods: dict[str, Any]) -> dict[str, dict[str, float]]:
+    base = methods.get("none")
+    if base is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for name, entry in methods.items():
+        changes = {}
+        for key, field_ in (("harmful_response_rate", "rate"), ("asr", "rate"), ("perplexity", "value")):
+            if key in entry and key in base:
+                changes[key] = relative_change(entry[key][field_], base[key][field_])
+        out[name] = changes
+    return out
+
+
+def trajectory_summary(trajectories: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Mean score and the share of tokens judged harmful (s > 0), per method."""
+    out = {}
+    for name, rows in trajectories.items():
+        flat = [x for r in rows for x in r]
+        if flat:
+            out[name] = {"prompts": len(rows), "tokens": len(flat), "mean_score": float(np.mean(flat)),
+                         "share_tokens_harmful": float(np.mean([x > 0 for x in flat]))}
+    return out
+
+
+def write_plots(results: dict[str, Any], trajectories: dict[str, list[list[float]]], refresh_interval: int,
+                max_new_tokens: int, plots_dir: Path) -> dict[str, str]:
+    from svgt.eval.plots import plot_main_table, plot_score_trajectories
+
+    written = {}
+    if trajectories:
+        width = max(len(r) for rows in trajectories.values() for r in rows)
+        padded = {m: [r + [math.nan] * (width - len(r)) for r in rows] for m, rows in trajectories.items()}
+        path = plot_score_trajectories(padded, plots_dir / "eval_trajectory.png",
+                                       refresh_points=list(range(refresh_interval, width, refresh_interval)))
+        written["trajectory"] = str(path)
+    values, errors = {}, {}
+    for name, entry in results["methods"].items():
+        for key in ("harmful_response_rate", "asr", "refusal_harmful", "over_refusal_benign"):
+            if key in entry:
+                values.setdefault(key, {})[name] = entry[key]["rate"]
+                errors.setdefault(key, {})[name] = tuple(entry[key]["ci95"])
+    if values:
+        written["main"] = str(plot_main_table(values, plots_dir / "eval_main.png", errors=errors))
+    return written
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
 def render_report(results: dict[str, Any]) -> str:
-    lines = ["# Guidance evaluation (held-out test prompts)", "",
-             f"Judge: `{results['judge']}` (phrase match in the first 200 characters). "
-             f"Module: `{results['module']}`. Max new tokens: {results['max_new_tokens']}.", "",
-             "| method | refusal on harmful (higher is better) | refusal on benign (lower is better) | tokens/s |",
-             "|---|---|---|---|"]
-    for method, e in results["methods"].items():
-        cells = []
-        for kind in ("harmful", "benign"):
-            r = e[f"{kind}_refusal"]
-            cells.append(f"{100 * r['rate']:.1f}% ({r['k']}/{r['n']}; 95% CI {100 * r['ci95'][0]:.0f}-"
-                         f"{100 * r['ci95'][1]:.0f}%)")
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {e['tokens_per_s']:.1f} |")
+    sizes = results["sample_sizes"]
+    lines = ["# Guidance evaluation (held-out prompts)", "",
+             f"Module `{results['module']}` on `{results['backbone']}`; {results['max_new_tokens']} new tokens, "
+             "greedy. Prompt sets: " + ", ".join(f"{k} n={v}" for k, v in sizes.items()) + ".", "",
+             render_main_table(results), ""]
+    disc = results.get("discrimination") or {}
+    if disc:
+        lines += ["## Discrimination on the stage-2 test pairs (stage 1 = no prompt context)", "",
+                  "| module | accuracy | F1 | AUROC |", "|---|---|---|---|"]
+        for stage, m in disc.items():
+            lines.append(f"| {stage} | {_num(m.get('accuracy'))} | {_num(m.get('f1'))} | {_num(m.get('auroc'))} |")
+        lines.append("")
+    lines += ["## Generation cost (same prompts, batch size as configured, CPU unless stated)", "",
+              "| method | ms / token | tokens/s | peak RSS above start (MB) | bridge refreshes |",
+              "|---|---|---|---|---|"]
+    for name, e in results["methods"].items():
+        lines.append(f"| {name} | {_num(e.get('ms_per_token'), 1)} | {_num(e.get('tokens_per_s'), 1)} | "
+                     f"{_num(e.get('peak_rss_above_baseline_mb'), 1)} | {e.get('refreshes', 0)} |")
+    traj = results.get("trajectory") or {}
+    if traj:
+        lines += ["", "## Discriminator trajectory on harmful prompts", "",
+                  "| method | prompts | tokens | mean score | tokens judged harmful (s > 0) |", "|---|---|---|---|---|"]
+        for name, t in traj.items():
+            lines.append(f"| {name} | {t['prompts']} | {t['tokens']} | {t['mean_score']:.2f} | "
+                         f"{_pct(t['share_tokens_harmful'])}% |")
+    if results.get("plots"):
+        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results["plots"].values())]
     return "\n".join(lines) + "\n"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)

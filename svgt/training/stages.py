@@ -53,7 +53,14 @@ def optimizer_for_stage(module: ValueModule, job: StageJob) -> torch.optim.Optim
                 {"params": groups["old"], "lr": t.stage2.lr_old, "name": "old"}]
         wd = t.stage2.weight_decay
     else:
-        spec = [{"params": groups["train"], "lr": t.stage3.lr, "name": "train"}]
+        # the gate is one scalar: at the bridge's lr Adam moves it by ~lr per step, so it may get its own
+        gate = module.bridge.gate
+        rest = [p for p in groups["train"] if p is not gate]
+        spec = [{"params": rest, "lr": t.stage3.lr, "name": "train"}]
+        if t.stage3.gate_lr is None:
+            spec[0]["params"] = groups["train"]
+        else:
+            spec.append({"params": [gate], "lr": t.stage3.gate_lr, "name": "gate", "weight_decay": 0.0})
         wd = t.stage3.weight_decay
     return torch.optim.AdamW(spec, weight_decay=wd)
 

@@ -1,0 +1,73 @@
+"""Every guidance method by name: unguided, the six baselines, SVGT-Inject and SVGT.
+
+One entry point, ``GuidanceMethod.generate``, so `svgt generate` and `svgt evaluate` treat all nine the
+same way. SVGT and SVGT-Inject need a trained value module; the trained baselines need their fitted
+artifact (``svgt baselines`` writes ``models/baselines/<method>/``); ``none`` needs neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from svgt.backbone.runner import BlockRunner
+from svgt.baselines import BASELINE_METHODS, Baseline, generate_with_baseline, load_baseline
+from svgt.generation import GenerationOutput
+from svgt.guidance import METHODS as MODULE_METHODS
+from svgt.guidance import generate_with_module
+from svgt.method_names import ALL_METHODS, BASELINE_NAMES
+from svgt.model import ValueModule
+
+if set(BASELINE_NAMES) != set(BASELINE_METHODS):  # one list for the CLI, one registry: they must agree
+    raise ImportError(f"svgt.method_names lists {BASELINE_NAMES}, the baseline registry has {BASELINE_METHODS}")
+
+
+class MethodError(ValueError):
+    """A method name that does not exist, or a method without the artifact it needs."""
+
+
+def check_methods(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in ALL_METHODS]
+    if unknown:
+        raise MethodError(f"unknown method(s) {', '.join(map(repr, unknown))} (choose from {', '.join(ALL_METHODS)})")
+
+
+def needs_module(name: str) -> bool:
+    return name in MODULE_METHODS and name != "none"
+
+
+@dataclass
+class GuidanceMethod:
+    """A method ready to generate: its name plus the value module or baseline it runs with."""
+
+    name: str
+    module: ValueModule | None = None
+    baseline: Baseline | None = None
+
+    def generate(self, model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str], *,
+                 runner: BlockRunner | None = None, **kwargs: Any) -> GenerationOutput:
+        if self.baseline is not None:
+            kwargs.pop("return_scores", None)
+            return generate_with_baseline(model, tokenizer, prompts, self.baseline, runner=runner, **kwargs)
+        return generate_with_module(model, tokenizer, prompts, module=self.module, method=self.name,  # type: ignore[arg-type]
+                                    runner=runner, **kwargs)
+
+
+def load_method(name: str, *, module: ValueModule | None = None,
+                baselines_dir: str | Path | None = None) -> GuidanceMethod:
+    """The named method with what it needs; a clear error names what is missing."""
+    check_methods([name])
+    if name in BASELINE_METHODS:
+        if baselines_dir is None:
+            raise MethodError(f"method {name!r} needs its fitted baseline (--baselines DIR from `svgt baselines`)")
+        path = Path(baselines_dir) / name
+        if not path.is_dir():
+            raise MethodError(f"method {name!r}: no fitted baseline at {path} (run `svgt baselines` first)")
+        return GuidanceMethod(name, baseline=load_baseline(path))
+    if needs_module(name) and module is None:
+        raise MethodError(f"method {name!r} needs a value module (--module PATH_OR_URI)")
+    return GuidanceMethod(name, module=module)
