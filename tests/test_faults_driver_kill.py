@@ -17,6 +17,7 @@ What is asserted:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,10 +62,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         children = []
     for p in [psutil.Process(proc.pid), *children]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     proc.wait(timeout=30)
     psutil.wait_procs(children, timeout=30)
 
