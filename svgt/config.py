@@ -234,7 +234,7 @@ class ITIBaselineConfig:
 @dataclass(frozen=True)
 class REControlBaselineConfig:
     hidden: int = 256  # value-function MLP width
-    epochs: int = 30
+    epochs: int = 100  # full-batch Adam steps
     lr: float = 1e-3
     steps: int = 3  # gradient-ascent steps per decoded token
     step_size: float = 0.5

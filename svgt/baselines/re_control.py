@@ -3,7 +3,7 @@
 Fit: the states are the LM head's inputs (the final, normalised hidden states) along each response, from
 the last prompt token (which predicts the first response token) to the last response token. An MLP
 value function V is trained with a Bellman-style regression: V(s_t) -> V(s_{t+1}) (target held fixed)
-for t < T and V(s_T) -> r, the row's reward (1 = safe response, 0 = harmful).
+for t < T and V(s_T) -> r, the row's reward (1 = safe response, 0 = harmful); see ``bellman_loss``.
 
 Decoding: before the LM head, every position's state s takes ``steps`` gradient-ascent steps
 s <- s + step_size * grad_s V(s); the logits come from the moved state.
@@ -93,15 +93,20 @@ class REControlBaseline(Baseline):
 
 
 def bellman_loss(value_fn: nn.Module, trajectories: Sequence[torch.Tensor], rewards: torch.Tensor) -> torch.Tensor:
-    """Mean squared Bellman error over every state of every trajectory [T_i + 1, d]."""
+    """Mean squared Bellman error of the transitions plus that of the terminal states, each averaged alone.
+
+    Averaging the two separately keeps the reward terms (one per trajectory) from being drowned by the
+    ~T bootstrap terms per trajectory, which otherwise lets a constant V near the mean reward win.
+    """
     states = torch.cat(list(trajectories))
     values = value_fn(states)[:, 0]
-    targets, start = [], 0
-    for traj, reward in zip(trajectories, rewards, strict=True):
-        v = values[start : start + len(traj)].detach()
-        targets.append(torch.cat([v[1:], reward.reshape(1).to(v.dtype)]))
-        start += len(traj)
-    return ((values - torch.cat(targets)) ** 2).mean()
+    ends = torch.cumsum(torch.tensor([len(t) for t in trajectories]), 0) - 1
+    is_end = torch.zeros(len(values), dtype=torch.bool)
+    is_end[ends] = True
+    next_values = torch.cat([values[1:].detach(), values.new_zeros(1)])  # a state's successor is the next row
+    td = (values[~is_end] - next_values[~is_end]) ** 2
+    terminal = (values[is_end] - rewards.to(values.dtype)) ** 2
+    return (td.mean() if len(td) else values.new_zeros(())) + terminal.mean()
 
 
 def fit_re_control(
