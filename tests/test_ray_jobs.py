@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from ray.exceptions import AuthenticationError
 
 from svgt.cli import build_parser, main
 from svgt.config import RayConfig, load_params
@@ -123,6 +124,25 @@ def test_job_params_round_trip_to_the_same_run_name(tiny_pipeline, tmp_path, mon
     assert again.run_name(fp_again) == job.run_name(fingerprint)
     assert submit.attempt_id("svgt-stage1-abc", 1) == "svgt-stage1-abc"
     assert submit.attempt_id("svgt-stage1-abc", 3) == "svgt-stage1-abc-attempt3"
+
+
+def test_resubmission_picks_the_latest_attempt_of_this_run():
+    from types import SimpleNamespace
+
+    class Jobs:  # stands in for JobSubmissionClient.list_jobs (the real one is used in the cluster tests below)
+        def list_jobs(self):
+            ids = [
+                "svgt-stage1-abc-attempt10",
+                "other",
+                None,
+                "svgt-stage1-abc",
+                "svgt-stage1-abcd",
+                "svgt-stage1-abc-attempt2",
+            ]
+            return [SimpleNamespace(submission_id=i) for i in ids]
+
+    found = [j.submission_id for j in submit._attempts(Jobs(), "svgt-stage1-abc")]
+    assert found == ["svgt-stage1-abc", "svgt-stage1-abc-attempt2", "svgt-stage1-abc-attempt10"]
 
 
 def _fake_export(root: Path) -> Path:
@@ -243,6 +263,14 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _reload_ray_auth() -> None:
+    """Ray reads RAY_AUTH_MODE / RAY_AUTH_TOKEN once per process and caches them: re-read after a change."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     gcs, dashboard, client, agent_http, agent_grpc = _free_ports(5)
@@ -251,6 +279,7 @@ def ray_cluster():
     old = {k: os.environ.get(k) for k in (*auth, "RAY_ADDRESS")}
     os.environ.update(auth)
     os.environ.pop("RAY_ADDRESS", None)
+    _reload_ray_auth()
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}  # the job runs `python`
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # teardown: no 30 s drain of a node about to vanish
@@ -283,6 +312,8 @@ def ray_cluster():
             try:
                 cluster.client()
                 break
+            except AuthenticationError:
+                raise  # up, but refusing us: waiting will not help
             except Exception:
                 if time.monotonic() > deadline:
                     raise
@@ -301,6 +332,7 @@ def ray_cluster():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _reload_ray_auth()
 
 
 def _wait_terminal(cluster: Cluster, submission_id: str, timeout: float = 120) -> str:
