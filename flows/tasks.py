@@ -42,13 +42,15 @@ STEP_ARGV: dict[str, list[str]] = {
     "stage1": ["train", "--stage", "1", "--out", "models/stage1"],
     "stage2": ["train", "--stage", "2", "--init", "models/stage1", "--out", "models/stage2"],
     "stage3": ["train", "--stage", "3", "--init", "models/stage2", "--out", "models/stage3"],
-    "evaluate": ["evaluate", "--module", "models/stage3", "--report", "reports/eval.md",
-                 "--generations", "reports/generations.jsonl"],
+    "judge": ["judge", "--data", "data/values/values.parquet", "--out", "models/harm_judge", "--metrics", "metrics"],
+    "evaluate": ["evaluate", "--module", "models/stage3", "--baselines", "models/baselines", "--harm-judge",
+                 "models/harm_judge", "--report", "reports/eval.md", "--generations", "reports/generations.jsonl",
+                 "--plots", "plots"],
     "register": ["register", "--module", "models/stage3", "--metrics", "metrics"],
 }
 # the order the flow runs them: a topological order of dvc.yaml's DAG
-STEP_ORDER = ("ingest", "validate", "backbone", "baselines", "extract", "card", "stage1", "stage2", "stage3",
-              "evaluate", "register")
+STEP_ORDER = ("ingest", "validate", "backbone", "baselines", "judge", "extract", "card", "stage1", "stage2",
+              "stage3", "evaluate", "register")
 
 VALIDATION_SUMMARY = Path("reports/validation/validation_summary.json")
 METRICS_DIR = Path("metrics")
@@ -204,6 +206,20 @@ def extract(params_path: str) -> dict[str, Any]:
     return _read_json(METRICS_DIR / "extract.json") or {}
 
 
+@_step_task("baselines")
+def baselines(params_path: str) -> dict[str, Any]:
+    """`svgt baselines`: the six comparison methods fitted on the train split."""
+    run_step(params_path, STEP_ARGV["baselines"])
+    return _read_json(METRICS_DIR / "baselines.json") or {}
+
+
+@_step_task("judge")
+def judge(params_path: str) -> dict[str, Any]:
+    """`svgt judge`: the offline harm judge and the refusal judge's accuracy on human labels."""
+    run_step(params_path, STEP_ARGV["judge"])
+    return _read_json(METRICS_DIR / "harm_judge.json") or {}
+
+
 @_step_task("card")
 def card(params_path: str) -> None:
     """`svgt card`: the dataset card with the extraction statistics."""
@@ -229,7 +245,7 @@ def evaluate(params_path: str) -> dict[str, Any]:
     run_step(params_path, STEP_ARGV["evaluate"])
     if EVAL_REPORT.is_file():
         _publish(create_markdown_artifact, markdown=EVAL_REPORT.read_text(encoding="utf-8"), key="svgt-eval",
-                 description="Refusal on held-out harmful / benign prompts per method")
+                 description="The paper-style table: every method on the same held-out prompts and judges")
     return _read_json(METRICS_DIR / "eval.json") or {}
 
 

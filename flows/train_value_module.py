@@ -1,4 +1,4 @@
-"""Flow: validated data -> hidden states -> curriculum stages 1-3 -> evaluation -> gates + registry.
+"""Flow: validated data -> baselines, judge, hidden states -> curriculum stages 1-3 -> evaluation -> gates + registry.
 
 Every task runs the same `svgt <step>` command as its dvc.yaml stage (see flows/tasks.py), in the DAG's
 order. A validation or gate failure fails the flow at once (no retries) with the failures in its message;
@@ -22,6 +22,8 @@ def train_value_module(params_path: str = "params.yaml", workdir: str = ".") -> 
         t.ingest(params_path)
         validation = t.validate(params_path)
         t.backbone(params_path)
+        t.baselines(params_path)
+        t.judge(params_path)
         extracted = t.extract(params_path)
         t.card(params_path)
         stages = {f"stage{stage}": t.train(params_path, stage) for stage in (1, 2, 3)}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from svgt.config import ConfigError, Params, load_params
+from svgt.method_names import ALL_METHODS
 
 log = logging.getLogger("svgt")
 
@@ -143,7 +144,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
                                refresh_interval=args.refresh_interval, batch_size=args.batch_size,
                                chat_template=not args.no_chat_template, do_sample=args.temperature > 0,
                                temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
-                               tracking_uri=params.registry.tracking_uri)
+                               tracking_uri=params.registry.tracking_uri, baselines_dir=args.baselines)
     finally:
         if args.out:
             out.close()
@@ -151,15 +152,27 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
              summary.new_tokens, summary.new_tokens / max(summary.seconds, 1e-9), summary.bad_lines)
 
 
+def cmd_judge(params: Params, args: argparse.Namespace) -> None:
+    from svgt.eval.judges import write_refusal_judge_report
+    from svgt.eval.judges.classifier import train_harm_classifier
+    from svgt.io import write_json_atomic
+
+    cache = Path(params.backbone.cache_dir)
+    refusal = write_refusal_judge_report(cache, args.metrics / "refusal_judge.json")
+    harm = train_harm_classifier(cache, args.data, args.out)
+    write_json_atomic(args.metrics / "harm_judge.json", harm)
+    print(f"refusal judge on PyRIT human labels: accuracy {refusal['accuracy']:.3f}, precision "
+          f"{refusal['precision']:.3f}, recall {refusal['recall']:.3f} (n={refusal['n']}); harm judge {args.out}")
+
+
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     from svgt.eval.guidance_eval import evaluate_guidance
 
-    results = evaluate_guidance(backbone_dir=args.backbone, module_dir=args.module, data_path=args.data,
-                                cfg=params.evaluate,
-                                metrics_path=args.metrics / "eval.json", report_path=args.report,
-                                generations_path=args.generations)
+    evaluate_guidance(backbone_dir=args.backbone, module_dir=args.module, data_path=args.data, cfg=params.evaluate,
+                      metrics_path=args.metrics / "eval.json", report_path=args.report,
+                      generations_path=args.generations, baselines_dir=args.baselines, harm_judge_dir=args.harm_judge,
+                      plots_dir=args.plots, cache_dir=Path(params.backbone.cache_dir))
     print(Path(args.report).read_text(encoding="utf-8"))
-    del results
 
 
 def cmd_register(params: Params, args: argparse.Namespace) -> None:
@@ -256,11 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attach", metavar="JOB_ID", default=None, help="wait for a submitted stage job and collect its outputs"
     )
-    p = add("evaluate", cmd_evaluate, "refusal behaviour of none / svgt / svgt-inject on test prompts")
+    p = add("judge", cmd_judge, "train the offline harm judge; check the refusal judge on human labels")
+    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
+    p.add_argument("--out", default=Path("models/harm_judge"), type=Path)
+    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p = add("evaluate", cmd_evaluate, "every guidance method on the held-out prompt sets: the paper's table")
     p.add_argument("--module", default=Path("models/stage3"), type=Path)
     p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
     p.add_argument("--data", default=DEFAULTS["values"], type=Path)
+    p.add_argument("--baselines", default=Path("models/baselines"), type=Path)
+    p.add_argument("--harm-judge", default=Path("models/harm_judge"), type=Path)
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
+    p.add_argument("--plots", default=Path("plots"), type=Path)
     p.add_argument("--report", default=Path("reports/eval.md"), type=Path)
     p.add_argument("--generations", default=Path("reports/generations.jsonl"), type=Path)
     p = add("register", cmd_register, "check the evaluation gates; register the module (alias challenger) if all pass")
@@ -272,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-alias", default="challenger")
     p = add("generate", cmd_generate, "generate with or without a value module (JSONL in, JSONL out)")
     p.add_argument("--module", default=None, help="value module: a directory, an fsspec URL or models:/NAME@ALIAS")
-    p.add_argument("--method", default="svgt", choices=("none", "svgt", "svgt-inject"))
+    p.add_argument("--method", default="svgt", choices=ALL_METHODS)
+    p.add_argument("--baselines", default=Path("models/baselines"), type=Path,
+                   help="fitted baselines (written by `svgt baselines`), for the baseline methods")
     p.add_argument("--prompt", default=None)
     p.add_argument("--prompts-file", default=None, type=Path)
     p.add_argument("--out", default=None, type=Path, help="default: stdout")

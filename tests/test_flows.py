@@ -2,10 +2,12 @@
 
 The flows run against one temporary Prefect server per session (``prefect_test_harness``) in a temporary
 checkout. Real code runs wherever it is cheap: the CLI's step functions, ingest, Great Expectations
-validation, the quality gates, MLflow registration and promotion (SQLite). Only the four steps that need the
-real backbone or real training are replaced by fast fakes that write the same files their real versions
-write: ``build_snapshot``, ``extract_hidden_states``, ``train_stage`` and ``evaluate_guidance``. Those step
-functions are tested on their own (test_backbone, test_extract, test_training*, test_stage3, test_generation).
+validation, the quality gates, MLflow registration and promotion (SQLite). Only the steps that need the
+real backbone, real training or PyPI wheels are replaced by fast fakes that write the same files their real
+versions write: ``build_snapshot``, ``fit_baselines``, ``train_harm_classifier`` with
+``write_refusal_judge_report``, ``extract_hidden_states``, ``train_stage`` and ``evaluate_guidance``. Those
+step functions are tested on their own (test_backbone, test_baselines, test_eval_judges, test_extract,
+test_training*, test_stage3, test_generation, test_eval).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tiny import canonical_frame
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE_SHA = "c" * 64
 EVENT = "svgt.value-dataset.updated"
-STEP_TASKS = ("ingest", "validate", "backbone", "extract", "card", "train", "evaluate", "register", "promote_alias")
+STEP_TASKS = ("ingest", "validate", "backbone", "baselines", "judge", "extract", "card", "train", "evaluate",
+              "register", "promote_alias")
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -67,9 +70,12 @@ class Pipeline:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, stage2_auroc: float = 0.9, svgt_harmful: float = 0.6,
                  extract_transient_failures: int = 0) -> None:
         import svgt.backbone
+        import svgt.baselines
         import svgt.data.ingest
         import svgt.data.validation
         import svgt.eval.guidance_eval
+        import svgt.eval.judges
+        import svgt.eval.judges.classifier
         import svgt.extract
         import svgt.gates
         import svgt.registry
@@ -86,6 +92,9 @@ class Pipeline:
                                     (svgt.registry, "promote", "promote")):
             monkeypatch.setattr(module, name, self._record(label, inspect.unwrap(getattr(module, name))))
         monkeypatch.setattr(svgt.backbone, "build_snapshot", self._record("backbone", self.fake_backbone))
+        monkeypatch.setattr(svgt.baselines, "fit_baselines", self._record("baselines", self.fake_baselines))
+        monkeypatch.setattr(svgt.eval.judges, "write_refusal_judge_report", self._record("judge", self.fake_refusal))
+        monkeypatch.setattr(svgt.eval.judges.classifier, "train_harm_classifier", self.fake_harm_judge)
         monkeypatch.setattr(svgt.extract, "extract_hidden_states", self._record("extract", self.fake_extract))
         monkeypatch.setattr(svgt.training.step, "train_stage", self._record("train", self.fake_train))
         monkeypatch.setattr(svgt.eval.guidance_eval, "evaluate_guidance", self._record("evaluate", self.fake_eval))
@@ -107,6 +116,23 @@ class Pipeline:
         (out / "manifest.json").write_text(json.dumps({"weights_sha256": BACKBONE_SHA}))
         return SimpleNamespace(architecture="FakeForCausalLM", num_layers=4, hidden_size=32,
                                weights_sha256=BACKBONE_SHA)
+
+    @staticmethod
+    def fake_baselines(backbone_dir, data_path, cfg, out_dir, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return {"methods": {"system-prompt": {"fit_seconds": 0.0}}, "total_seconds": 0.0}
+
+    @staticmethod
+    def fake_refusal(cache_dir, out_path):
+        report = {"accuracy": 0.7, "precision": 1.0, "recall": 0.55, "n": 169}
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(json.dumps(report))
+        return report
+
+    @staticmethod
+    def fake_harm_judge(cache_dir, values_parquet, out_dir, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return {"held_out": {"accuracy": 0.7}}
 
     def fake_extract(self, backbone_dir, data_path, cfg, out_dir, **kwargs):
         from svgt.extract import ExtractionSummary
@@ -139,15 +165,17 @@ class Pipeline:
         (Path(plots_dir) / f"stage{stage}.csv").write_text("epoch,train_loss,val_auroc\n1,0.9,0.7\n2,0.5,0.8\n")
         return metrics
 
-    def fake_eval(self, *, backbone_dir, module_dir, data_path, cfg, metrics_path, report_path, generations_path):
+    def fake_eval(self, *, backbone_dir, module_dir, data_path, cfg, metrics_path, report_path, generations_path,
+                  **kwargs):
         from svgt.eval.guidance_eval import rate, render_report
 
         def entry(harmful):
             k = round(harmful * 10)
-            return {"harmful_refusal": rate([True] * k + [False] * (10 - k)), "benign_refusal": rate([False] * 10),
+            return {"refusal_harmful": rate([True] * k + [False] * (10 - k)), "over_refusal_benign": rate([False] * 10),
                     "tokens_per_s": 12.0}
 
-        results = {"judge": "fake", "module": str(module_dir), "backbone": "fake", "max_new_tokens": 8,
+        results = {"harm_judge": "fake@0", "refusal_judge": "fake", "module": str(module_dir), "backbone": "fake",
+                   "max_new_tokens": 8, "sample_sizes": {"harmful": 10, "benign": 10},
                    "methods": {"none": entry(0.1), "svgt": entry(self.svgt_harmful)}}
         for path, text in ((metrics_path, json.dumps(results)), (report_path, render_report(results)),
                            (generations_path, "")):
@@ -193,7 +221,8 @@ def passed_run(prefect_server, tmp_path_factory):
 def test_flow_runs_steps_in_dag_order_and_registers(passed_run):
     state, root = passed_run.state, passed_run.root
     assert state.is_completed(), failure_message(state)
-    assert passed_run.calls == ["ingest", "validate", "backbone", "extract", "extract", "train1", "train2",
+    assert passed_run.calls == ["ingest", "validate", "backbone", "baselines", "judge", "extract", "extract", "train1",
+                                "train2",
                                 "train3", "evaluate", "gates", "register"]
     result = state.result()
     assert result["registered"]["version"] == 1 and "challenger" in result["registered"]["aliases"]
@@ -215,8 +244,8 @@ def test_transient_failure_is_retried_and_the_task_states_say_so(passed_run):
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[passed_run.state.state_details.flow_run_id])))
     by_name = {r.name if r.name.startswith("train-stage") else r.name.rsplit("-", 1)[0]: r for r in runs}
-    assert set(by_name) == {"ingest", "validate", "backbone", "extract", "card", "train-stage1", "train-stage2",
-                            "train-stage3", "evaluate", "register"}
+    assert set(by_name) == {"ingest", "validate", "backbone", "baselines", "judge", "extract", "card", "train-stage1",
+                            "train-stage2", "train-stage3", "evaluate", "register"}
     assert by_name["extract"].run_count == 2  # ConnectionResetError once, then success
     assert all(r.run_count == 1 for name, r in by_name.items() if name != "extract")
     assert all(r.state.is_completed() for r in runs)
@@ -269,7 +298,7 @@ def test_artifacts_are_published(passed_run):
                     {"epoch": 2, "train_loss": 0.5, "val_auroc": 0.8}]
     assert "test_pair_auroc=0.9" in curve.description
     assert arts["svgt-eval"].data == (passed_run.root / "reports/eval.md").read_text()
-    assert "| svgt | 60.0%" in arts["svgt-eval"].data
+    assert "| svgt | - | - | 60.0 (31.3-83.2) |" in arts["svgt-eval"].data
     assert "gates PASSED" in arts["svgt-gates"].data and "passed min_stage2_auroc" in arts["svgt-gates"].data
     assert "version 1" in arts["svgt-registry"].data and "`challenger`" in arts["svgt-registry"].data
 
