@@ -110,8 +110,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    # null: start a local Ray on demand; else an existing cluster ("auto", "ray://host:10001"); RAY_ADDRESS also works
-    address: str | None = None  # None: local Ray; http(s)://head:8265: Ray job submission; auto / ray://: join
+    # null: start a local Ray on demand; http(s)://head:8265: submit each stage as a Ray job; "auto" /
+    # "ray://host:10001": join the cluster from this process. RAY_ADDRESS also works.
+    address: str | None = None
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
