@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from svgt.backbone.adapter import LayerAdapter
 from svgt.backbone.sources import DTYPES, BackboneError, load_from_source
 from svgt.config import BackboneConfig
-from svgt.io import MANIFEST, atomic_dir, sha256_file, write_json_atomic
+from svgt.io import MANIFEST, atomic_dir, file_checksums, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class BackboneManifest:
     has_chat_template: bool
     transformers_version: str
     created_unix: float
+    # sha256 of every file of the snapshot (tokenizer, chat template, config...), not only the weights;
+    # empty in snapshots written before it existed (then only the weights are verified)
+    files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, directory: str | Path) -> BackboneManifest:
@@ -84,6 +87,7 @@ def build_snapshot(
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
             transformers_version=transformers.__version__,
             created_unix=time.time(),
+            files=file_checksums(tmp),
         )
         write_json_atomic(tmp / MANIFEST, asdict(manifest))
     log.info(
@@ -111,6 +115,12 @@ def load_snapshot(
                 f"{directory / WEIGHTS}: sha256 {actual[:12]}... does not match the "
                 f"manifest ({manifest.weights_sha256[:12]}...); the snapshot was modified"
             )
+        for name, expected in manifest.files.items():
+            path = directory / name
+            if not path.is_file():
+                raise BackboneError(f"{path}: listed in {MANIFEST} but missing; the snapshot is incomplete")
+            if name != WEIGHTS and sha256_file(path) != expected:  # the weights were hashed just above
+                raise BackboneError(f"{path}: sha256 does not match {MANIFEST}; the snapshot was modified")
     model = AutoModelForCausalLM.from_pretrained(
         directory, dtype=DTYPES[dtype or manifest.dtype], use_safetensors=True, trust_remote_code=False
     )
