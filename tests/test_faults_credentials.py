@@ -139,6 +139,8 @@ def test_secrets_in_the_environment_never_reach_files_or_logs(
             "PYTHONPATH": str(REPO),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+            # a busy 2-core machine needs more than the default 20 s to start the ephemeral server
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
             "GX_ANALYTICS_ENABLED": "false",
             "HF_HUB_OFFLINE": "1",
         }

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.integration]  # two CLI runs, 1,100 prompts
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
