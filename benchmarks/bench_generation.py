@@ -8,9 +8,9 @@ Times, on the same N test prompts (split into batches of each ``--batch`` size) 
 * SVGT (bridge tokens, exact refresh) at each refresh interval ``--r``,
 * SVGT-Inject (residual-stream delta at every step; no refresh interval).
 
-Each call is timed whole (tokenisation, the guided methods' prompt-state pass, prefill and decode) and
-the best of ``--repeats`` is reported. Peak memory comes from a separate untimed pass: the rise above the
-level before the call (CUDA: the allocator's peak; CPU: RSS sampled every 5 ms after a heap trim). Writes
+Each call is timed whole (tokenisation, prefill, whose layer-l* prompt states the value module reuses,
+and decode) and the best of ``--repeats`` is reported. Peak memory comes from a separate untimed pass: the
+rise above the level before the call (CUDA: the allocator's peak; CPU: RSS sampled every 5 ms after a heap trim). Writes
 ``OUT.json`` and ``OUT.md``. This is a benchmark script, not a test: a missed target is reported, never
 raised. See benchmarks/README.md.
 
