@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -86,8 +87,21 @@ def write_text_atomic(target: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN / inf float replaced by None: JSON has no NaN and strict readers refuse it."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json_atomic(target: str | Path, data: Any) -> None:
-    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (not-measured numbers become null), written atomically."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_text_atomic(target, text + "\n")
 
 
 @contextlib.contextmanager
