@@ -268,7 +268,7 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     plots = write_plots(results, trajectories, module.config.refresh_interval, cfg.max_new_tokens, plots_dir)
     results["plots"] = plots
     results["trajectory"] = trajectory_summary(trajectories)
-    write_json_atomic(metrics_path, results)  # NaN (not measured) is written as null
+    write_json_atomic(metrics_path, _finite(results))
     write_text_atomic(report_path, render_report(results))
     return results
 
@@ -318,6 +318,17 @@ def write_plots(results: dict[str, Any], trajectories: dict[str, list[list[float
     if values:
         written["main"] = str(plot_main_table(values, plots_dir / "eval_main.png", errors=errors))
     return written
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _pct(x: float | None) -> str:
