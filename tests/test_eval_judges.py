@@ -277,9 +277,12 @@ def test_refusal_judge_on_pyrit_human_labels(tmp_path):
 
 @pytest.mark.integration
 def test_train_harm_classifier_on_the_pyrit_wheel(tmp_path):
-    values = REPO / "data" / "values" / "values.parquet"
-    if not values.exists():
-        pytest.skip("data/values/values.parquet is built by `svgt ingest`")
+    """On the real seed set (built here as `svgt ingest` builds it) and the real PyRIT wheel."""
+    from svgt.config import DataConfig
+    from svgt.data.ingest import run_ingest
+
+    values = tmp_path / "values.parquet"
+    run_ingest(DataConfig(), values, tmp_path / "CARD.md", CACHE)
     report = train_harm_classifier(CACHE, values, tmp_path / "hc")
     counts = report["data_counts"]
     assert counts["overlap_responses_with_values"] == 0 and counts["overlap_prompts_with_eval_splits"] == 0
