@@ -383,8 +383,9 @@ def build_report(args: argparse.Namespace, meta: dict[str, Any], by_batch: dict[
           f"Prompts: {meta['num_prompts']} from {meta['prompts']}; prompt tokens min/mean/max "
           f"{meta['prompt_tokens']['min']}/{meta['prompt_tokens']['mean']:.1f}/{meta['prompt_tokens']['max']}. "
           f"Every method decodes exactly {args.tokens} new tokens per prompt (stop tokens disabled; HF with "
-          f"min_new_tokens = max_new_tokens = {args.tokens}), greedy. Times are whole calls (tokenisation, the "
-          f"guided methods' prompt-state pass, prefill and decode), summed over the prompt batches, best of "
+          f"min_new_tokens = max_new_tokens = {args.tokens}), greedy. Times are whole calls (tokenisation, "
+          f"prefill, whose layer-l* prompt states the value module reuses, and decode), summed over the prompt "
+          f"batches, best of "
           f"{args.repeats} interleaved repeats after a warm-up of {args.warmup_tokens} tokens per method.", ""]
     if not args.memory:
         mem_note = "not measured (--no-memory)"
