@@ -84,7 +84,8 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
 
         module, _ = load_value_module(resolve_module_uri(module_uri, tracking_uri),
                                       expected_backbone_sha256=manifest.weights_sha256)
-    guidance = load_method(method, module=module, baselines_dir=baselines_dir)
+    guidance = load_method(method, module=module, baselines_dir=baselines_dir,
+                           backbone_sha256=manifest.weights_sha256)
     runner = BlockRunner(model)
     errors: list[str] = []
     if prompts_file is not None:

@@ -57,9 +57,12 @@ class GuidanceMethod:
                                     runner=runner, **kwargs)
 
 
-def load_method(name: str, *, module: ValueModule | None = None,
-                baselines_dir: str | Path | None = None) -> GuidanceMethod:
-    """The named method with what it needs; a clear error names what is missing."""
+def load_method(name: str, *, module: ValueModule | None = None, baselines_dir: str | Path | None = None,
+                backbone_sha256: str | None = None) -> GuidanceMethod:
+    """The named method with what it needs; a clear error names what is missing.
+
+    ``backbone_sha256`` (the snapshot manifest's weights hash) makes a baseline fitted on other weights fail.
+    """
     check_methods([name])
     if name in BASELINE_METHODS:
         if baselines_dir is None:
@@ -67,7 +70,7 @@ def load_method(name: str, *, module: ValueModule | None = None,
         path = Path(baselines_dir) / name
         if not path.is_dir():
             raise MethodError(f"method {name!r}: no fitted baseline at {path} (run `svgt baselines` first)")
-        return GuidanceMethod(name, baseline=load_baseline(path))
+        return GuidanceMethod(name, baseline=load_baseline(path, expected_backbone_sha256=backbone_sha256))
     if needs_module(name) and module is None:
         raise MethodError(f"method {name!r} needs a value module (--module PATH_OR_URI)")
     return GuidanceMethod(name, module=module)

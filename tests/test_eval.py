@@ -50,7 +50,8 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     save_value_module(module, tmp_path / "m", {"backbone_weights_sha256": manifest.weights_sha256})
     frame = pd.read_parquet(tiny_pipeline / "values.parquet")
     fit_baselines_on(model, tok, frame[frame["split"] == "train"], BaselinesConfig(), tmp_path / "baselines",
-                     methods=["system-prompt", "iti"], progress=False)
+                     methods=["system-prompt", "iti"], metadata={"backbone_sha256": manifest.weights_sha256},
+                     progress=False)
     methods = ["none", "system-prompt", "iti", "svgt-inject", "svgt"]
     cfg = EvaluateConfig(max_harmful_prompts=3, max_benign_prompts=2, max_lookalike_prompts=0,
                          max_harmbench_behaviors=0, max_new_tokens=4, batch_size=2, methods=methods)
@@ -95,3 +96,21 @@ def test_a_baseline_method_without_its_fitted_artifact_is_refused(tiny_pipeline,
         load_method("steer")
     with pytest.raises(MethodError, match="'svgt' needs a value module"):
         load_method("svgt")
+
+
+def test_a_baseline_fitted_on_other_backbone_weights_is_refused(tiny_pipeline, tmp_path):
+    import pandas as pd
+
+    from svgt.baselines import BaselineError, fit_baselines_on
+    from svgt.config import BaselinesConfig
+    from svgt.methods import load_method
+
+    model, tok, manifest = load_snapshot(tiny_pipeline / "backbone")
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet")
+    fit_baselines_on(model, tok, frame[frame["split"] == "train"], BaselinesConfig(), tmp_path,
+                     methods=["system-prompt"], metadata={"backbone_sha256": manifest.weights_sha256}, progress=False)
+    assert load_method("system-prompt", baselines_dir=tmp_path, backbone_sha256=manifest.weights_sha256).baseline
+    message = (rf"system-prompt/baseline.json: fitted on backbone weights {manifest.weights_sha256[:12]}, "
+               r"but the backbone in use has 000000000000")
+    with pytest.raises(BaselineError, match=message):
+        load_method("system-prompt", baselines_dir=tmp_path, backbone_sha256="0" * 64)

@@ -126,10 +126,22 @@ def verify_files(directory: Path, files: dict[str, str]) -> None:
             )
 
 
-def load_baseline(directory: str | Path) -> Baseline:
-    """A baseline saved by ``Baseline.save``, after checking every weight file against its sha256."""
+def load_baseline(directory: str | Path, expected_backbone_sha256: str | None = None) -> Baseline:
+    """A baseline saved by ``Baseline.save``, after checking every weight file against its sha256.
+
+    With ``expected_backbone_sha256`` a baseline fitted on other backbone weights is refused (its hooks
+    and adapters are only meaningful for the weights it was fitted on); one that records no backbone is
+    refused too, since it cannot be checked.
+    """
     directory = Path(directory)
     payload = read_config(directory)
+    if expected_backbone_sha256 is not None:
+        recorded = (payload.get("metadata") or {}).get("backbone_sha256")
+        if recorded != expected_backbone_sha256:
+            raise BaselineError(
+                f"{directory / CONFIG}: fitted on backbone weights {str(recorded)[:12]}, but the backbone in use "
+                f"has {expected_backbone_sha256[:12]}; refit it with `svgt baselines` for this backbone"
+            )
     classes = baseline_classes()
     method = payload.get("method")
     if method not in classes:

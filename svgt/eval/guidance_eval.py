@@ -240,7 +240,8 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     check_methods(cfg.methods)
     model, tokenizer, manifest = load_snapshot(backbone_dir)
     module, _ = load_value_module(module_dir, expected_backbone_sha256=manifest.weights_sha256)
-    methods = [load_method(m, module=module, baselines_dir=baselines_dir) for m in cfg.methods]
+    methods = [load_method(m, module=module, baselines_dir=baselines_dir, backbone_sha256=manifest.weights_sha256)
+               for m in cfg.methods]
     harm = load_harm_judge(cfg, harm_judge_dir)
     refusal = RefusalJudge()
     runner = BlockRunner(model)
