@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ def escape_special_tokens(text: str, tokenizer: Any) -> str:
     return text
 
 
-class GenerativeJudge:
+class GenerativeJudge(ABC):
     """Shared plumbing: build prompts, tokenise, greedy-generate in batches, parse each answer."""
 
     name = "generative-judge"
@@ -115,12 +116,14 @@ class GenerativeJudge:
             max_new_tokens=cfg.max_new_tokens,
         )
 
+    @abstractmethod
     def build_prompt(self, prompt: str, response: str) -> str:
-        raise NotImplementedError
+        """The judge's exact documented input for one (prompt, response) pair."""
 
     @staticmethod
+    @abstractmethod
     def parse(text: str) -> HarmVerdict:
-        raise NotImplementedError
+        """The verdict in the judge's generated answer (harmful=None when it cannot be parsed)."""
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[HarmVerdict]:
         check_pairs(prompts, responses)
