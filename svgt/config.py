@@ -151,6 +151,9 @@ class Stage3Config:
     w_safe: float = 2.0
     w_reg: float = 0.1
     max_response_tokens: int = 64  # teacher-forced target tokens per response (the first N)
+    # the first tokens decide refuse-or-answer: their CE counts ce_lead_weight times (1.0: plain mean)
+    ce_lead_tokens: int = 0
+    ce_lead_weight: float = 1.0
     max_train_rows: int = 0  # 0: every stage-3 train row; else a seeded sample (CPU budgets)
     max_val_rows: int = 64
     train_inject: bool = True  # also train the SVGT-Inject ablation's projector (same losses, no bridge)

@@ -97,3 +97,50 @@ def test_behaviour_stage_trains_only_the_bridge(stage2_module, tmp_path):
     record = session.reports[-1]
     for key in ("train_ce", "train_safety", "train_reg", "train_inject_ce", "val_ce", "val_total"):
         assert key in record and record[key] == record[key]  # present and not NaN
+
+
+def _uncached_bridge_ce(objective, runner, targets, lead=(0, 1.0)):
+    """Reference: [H_P; B; H_R] as one right-padded sequence through blocks l*+1..L, no cache."""
+    module = objective.module
+    layer = module.config.layer
+    weighted, total = 0.0, 0.0
+    for e in targets:
+        h_v = e.prompt_states[-1:]
+        z, _ = module.score(e.prompt_states[None], torch.ones(1, e.prompt_states.shape[0], dtype=torch.bool))
+        bridge = module.bridge_tokens(h_v, z)[0]
+        seq = torch.cat([e.prompt_states, bridge, e.response_states])[None]
+        pos = torch.arange(seq.shape[1])[None]
+        top = runner.run_blocks(seq, layer, runner.num_layers, position_ids=pos,
+                                attention_mask=torch.ones_like(pos))
+        start = e.prompt_states.shape[0] + bridge.shape[0]
+        logits = runner.logits(top[0, start - 1: start - 1 + len(e.response_ids)])
+        ce = torch.nn.functional.cross_entropy(logits, e.response_ids, reduction="none")
+        w = torch.where(torch.arange(len(ce)) < lead[0], lead[1], 1.0)
+        weighted += float((ce * w).sum())
+        total += float(w.sum())
+    return weighted / total
+
+
+@pytest.mark.parametrize("lead", [(0, 1.0), (2, 5.0)])
+def test_cached_prompt_prefix_equals_the_uncached_sequence(tiny_pipeline, stage2_module, lead):
+    """The prompt rows run once without autograd into a KV cache (left-padded batch); the CE must equal
+    running each [prompt; bridge; response] alone, including the lead-token weighting."""
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    from svgt.training.stages import initial_module
+
+    module = initial_module(job, store).eval()
+    with torch.no_grad():  # a visible bridge: the gate is far from its near-zero start
+        module.bridge.gate.fill_(1.0)
+    targets = load_targets(store, pd.read_parquet(tiny_pipeline / "values.parquet"), tok, "train", 8, 6, 0)
+    assert len({e.prompt_states.shape[0] for e in targets}) > 1  # padding is exercised
+    runner = BlockRunner(model)
+    objective = BehaviourObjective(module, runner, (1.0, 0.0, 0.0), lead)
+    with torch.no_grad():
+        got = objective.bridge_losses(targets)["ce"].item()
+        want = _uncached_bridge_ce(objective, runner, targets, lead)
+    assert got == pytest.approx(want, abs=1e-4)
+    if lead[0]:
+        plain = BehaviourObjective(module, runner, (1.0, 0.0, 0.0)).bridge_losses(targets)["ce"].item()
+        assert abs(plain - got) > 2e-4  # the weighting changes the loss (more than the tolerance above)

@@ -16,8 +16,8 @@ def safety_loss(scores: torch.Tensor) -> torch.Tensor:
     return (F.softplus(scores) + 2.0 * F.relu(scores)).mean()
 
 
-def response_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean token cross-entropy over real (mask=True) target positions."""
+def response_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean token cross-entropy; ``weights`` is a bool mask of real targets or per-token weights."""
     flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    weights = mask.reshape(-1).float()
+    weights = weights.reshape(-1).float()
     return (flat * weights).sum() / weights.sum().clamp(min=1.0)

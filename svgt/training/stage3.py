@@ -68,44 +68,68 @@ def load_targets(store: HiddenStateStore, frame: pd.DataFrame, tokenizer, split:
     return out
 
 
-def _pad(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(seqs: Sequence[torch.Tensor], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length sequences with zero padding (right by default); mask is True on real rows."""
     width = max(s.shape[0] for s in seqs)
     out = seqs[0].new_zeros((len(seqs), width, *seqs[0].shape[1:]))
     mask = torch.zeros(len(seqs), width, dtype=torch.bool, device=seqs[0].device)
     for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-        mask[i, : s.shape[0]] = True
+        n = s.shape[0]
+        span = slice(width - n, width) if left else slice(0, n)
+        out[i, span] = s
+        mask[i, span] = True
     return out, mask
 
 
 class BehaviourObjective:
-    """Builds the guided upper-block forward for a batch and returns the stage-3 losses."""
+    """Builds the guided upper-block forward for a batch and returns the stage-3 losses.
 
-    def __init__(self, module: ValueModule, runner: BlockRunner, weights: tuple[float, float, float]):
+    Nothing before the insertion point depends on the bridge, so the prompt rows run through the upper
+    blocks once, without autograd, into a KV cache (left-padded, as in decoding); only the rows after it
+    ([B; R] or the injected rows) are run with gradients. The result equals running the whole sequence.
+    """
+
+    def __init__(self, module: ValueModule, runner: BlockRunner, weights: tuple[float, float, float],
+                 lead: tuple[int, float] = (0, 1.0)):
         self.module, self.runner = module, runner
         self.layer = module.config.layer
         self.w_ce, self.w_safe, self.w_reg = weights
+        self.lead_tokens, self.lead_weight = lead
 
-    def _upper(self, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor):
-        """Blocks l*+1..L; also returns block l*+1's output (where the safety score is read)."""
-        pe = self.runner.position_embeddings(positions)
-        above = self.runner.run_blocks(hidden, self.layer, self.layer + 1, position_ids=positions,
-                                       attention_mask=mask.long(), position_embeddings=pe)
-        top = self.runner.run_blocks(above, self.layer + 1, self.runner.num_layers, position_ids=positions,
-                                     attention_mask=mask.long(), position_embeddings=pe)
-        return above, self.runner.logits(top)
+    def _upper(self, prefixes: Sequence[torch.Tensor], tails: Sequence[torch.Tensor]):
+        """Blocks l*+1..L on each [prefix; tail]; returns block l*+1's output and block L's output (tail rows)."""
+        runner, dev = self.runner, tails[0].device
+        tail, tail_mask = _pad(tails)
+        lengths = torch.tensor([p.shape[0] for p in prefixes], device=dev)
+        cache = None
+        mask = tail_mask.long()
+        if int(lengths.max()) > 0:
+            prefix, prefix_mask = _pad(prefixes, left=True)
+            positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+            cache = runner.new_cache()
+            with torch.no_grad():
+                runner.run_blocks(prefix, self.layer, runner.num_layers, position_ids=positions,
+                                  attention_mask=prefix_mask.long(), cache=cache)
+            mask = torch.cat([prefix_mask.long(), mask], dim=1)
+        positions = lengths[:, None] + torch.arange(tail.shape[1], device=dev)
+        pe = runner.position_embeddings(positions)
+        above = runner.run_blocks(tail, self.layer, self.layer + 1, position_ids=positions, attention_mask=mask,
+                                  cache=cache, position_embeddings=pe)
+        top = runner.run_blocks(above, self.layer + 1, runner.num_layers, position_ids=positions,
+                                attention_mask=mask, cache=cache, position_embeddings=pe)
+        return above, top
 
-    def _losses(self, logits, above, rows, starts, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
-        """CE on each response token from the row before it; safety on the response rows of block l*+1."""
-        t = max(len(e.response_ids) for e in batch)
-        # the rows holding the response tokens
-        idx = torch.stack([s + torch.arange(t, device=starts.device) for s in starts])
-        pred = idx - 1  # the row before each response token predicts it
+    def _losses(self, top, above, offset: int, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
+        """CE on each response token (tail row ``offset + j``) from the row before it; safety on the response
+        rows of block l*+1."""
         targets, tmask = _pad([e.response_ids for e in batch])
-        gather = pred.clamp(max=logits.shape[1] - 1)
-        ce = response_ce(logits[rows[:, None], gather], targets, tmask)
-        resp_states = above[rows[:, None], idx.clamp(max=above.shape[1] - 1)]
-        _, s = self.module.score(resp_states, tmask, prompt, prompt_mask)
+        rows = torch.arange(offset, offset + targets.shape[1], device=top.device)
+        # the LM head (the largest matmul here) runs only on the rows that predict a real target token
+        logits = self.runner.logits(top[:, rows - 1][tmask])
+        position = torch.arange(targets.shape[1], device=top.device).expand_as(targets)[tmask]
+        weight = torch.where(position < self.lead_tokens, self.lead_weight, 1.0)
+        ce = response_ce(logits, targets[tmask], weight)
+        _, s = self.module.score(above[:, rows], tmask, prompt, prompt_mask)
         return {"ce": ce, "safety": safety_loss(s), "score": s.detach().mean()}
 
     def bridge_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
@@ -114,42 +138,28 @@ class BehaviourObjective:
         with torch.no_grad():
             z, _ = self.module.score(prompt, prompt_mask)
         bridge = self.module.bridge_tokens(h_v, z)  # [B, K, d], differentiable w.r.t. the bridge
-        k = bridge.shape[1]
-        seqs = [torch.cat([e.prompt_states, bridge[i], e.response_states]) for i, e in enumerate(batch)]
-        hidden, mask = _pad(seqs)
-        dev = hidden.device
-        positions = torch.stack([torch.arange(hidden.shape[1], device=dev) for _ in batch]) * mask
-        above, logits = self._upper(hidden, positions, mask)
-        rows = torch.arange(len(batch), device=dev)
-        starts = torch.tensor([e.prompt_states.shape[0] + k for e in batch], device=dev)
-        out = self._losses(logits, above, rows, starts, batch, prompt, prompt_mask)
+        tails = [torch.cat([bridge[i], e.response_states]) for i, e in enumerate(batch)]
+        above, top = self._upper([e.prompt_states for e in batch], tails)
+        out = self._losses(top, above, bridge.shape[1], batch, prompt, prompt_mask)
         out["reg"] = manifold_regulariser(bridge, h_v, self.module.config.reg_margin)
         out["total"] = self.w_ce * out["ce"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
         return out
 
     def inject_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
         prompt, prompt_mask = _pad([e.prompt_states for e in batch])
-        seqs, deltas = [], []
+        tails = []
         for i, e in enumerate(batch):
-            # the positions that predict response tokens: the last prompt token and the response tokens
+            # the rows that predict response tokens: the last prompt token and the response tokens; the
+            # delta is added to each of them (the last response token predicts nothing and is left alone)
             states = torch.cat([e.prompt_states[-1:], e.response_states[:-1]])
             ones = torch.ones(states.shape[0], 1, dtype=torch.bool, device=states.device)
             ctx = prompt[i: i + 1].expand(states.shape[0], -1, -1)
             with torch.no_grad():
                 z, _ = self.module.score(states[:, None], ones, ctx, prompt_mask[i: i + 1].expand(states.shape[0], -1))
-            delta = self.module.inject_delta(z)
-            m = e.prompt_states.shape[0]
-            pad = delta.new_zeros(m - 1, delta.shape[-1])
-            seqs.append(torch.cat([e.prompt_states, e.response_states]))
-            deltas.append(torch.cat([pad, delta, delta.new_zeros(1, delta.shape[-1])]))
-        hidden, mask = _pad(seqs)
-        delta, _ = _pad(deltas)
-        dev = hidden.device
-        positions = torch.stack([torch.arange(hidden.shape[1], device=dev) for _ in batch]) * mask
-        above, logits = self._upper(hidden + delta, positions, mask)
-        rows = torch.arange(len(batch), device=dev)
-        starts = torch.tensor([e.prompt_states.shape[0] for e in batch], device=dev)
-        out = self._losses(logits, above, rows, starts, batch, prompt, prompt_mask)
+            delta = torch.cat([self.module.inject_delta(z), states.new_zeros(1, states.shape[-1])])
+            tails.append(torch.cat([e.prompt_states[-1:], e.response_states]) + delta)
+        above, top = self._upper([e.prompt_states[:-1] for e in batch], tails)
+        out = self._losses(top, above, 1, batch, prompt, prompt_mask)
         out["total"] = self.w_ce * out["ce"] + self.w_safe * out["safety"]
         return out
 
@@ -169,7 +179,8 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
         module.inject.requires_grad_(False)
         optimizer.param_groups[0]["params"] = [p for p in optimizer.param_groups[0]["params"] if p.requires_grad]
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    objective = BehaviourObjective(module, runner, (cfg.w_ce, cfg.w_safe, cfg.w_reg))
+    objective = BehaviourObjective(module, runner, (cfg.w_ce, cfg.w_safe, cfg.w_reg),
+                                   (cfg.ce_lead_tokens, cfg.ce_lead_weight))
     train = shard_for_rank(load_targets(store, frame, tokenizer, "train", cfg.max_response_tokens,
                                         cfg.max_train_rows, t.seed, device), session.rank, session.world_size)
     val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed, device)
