@@ -154,6 +154,9 @@ class Stage3Config:
     # the first tokens decide refuse-or-answer: their CE counts ce_lead_weight times (1.0: plain mean)
     ce_lead_tokens: int = 0
     ce_lead_weight: float = 1.0
+    # what benign prompts' tokens are trained toward: "dataset" (CE on the dataset answer, as in the paper) or
+    # "backbone" (KL to the unguided backbone's next-token distribution on that answer: keep benign behaviour)
+    benign_target: Literal["dataset", "backbone"] = "dataset"
     max_train_rows: int = 0  # 0: every stage-3 train row; else a seeded sample (CPU budgets)
     max_val_rows: int = 64
     train_inject: bool = True  # also train the SVGT-Inject ablation's projector (same losses, no bridge)

@@ -6,6 +6,7 @@ Each gate compares one measured number from ``metrics/`` with a threshold from `
     max_benign_over_refusal   eval.json: methods.svgt.over_refusal_benign.rate minus that of "none", <= threshold
     min_stage2_auroc          stage2.json: test_pair_auroc, >= threshold
     max_perplexity_increase   eval.json: methods.svgt.perplexity.value / methods.none.perplexity.value - 1, <= threshold
+                              (perplexity of the responses to the benign prompts; see svgt/eval/guidance_eval.py)
 
 A gate set to null is reported as skipped. An enabled gate whose metric is missing (or null/NaN) FAILS with a
 message naming the missing metric: a gate never passes by default. A metrics file an enabled gate needs that is

@@ -73,6 +73,9 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
         harm = entry["harmful_response_rate"]
         assert harm["judge"] == results["harm_judge"].split("@")[0] and harm["n"] + harm["unparseable"] == 3
         assert entry["new_tokens"] > 0 and entry["ms_per_token"] > 0
+        # fluency per set: benign (gated) and harmful (reported); n counts the non-empty responses
+        assert entry["perplexity"]["n"] + entry["perplexity"]["empty_responses"] == 2
+        assert entry["perplexity_harmful"]["n"] + entry["perplexity_harmful"]["empty_responses"] == 3
     # only the value-module methods refresh a bridge; only SVGT has refreshes (r=2, 4 tokens: 1 per row)
     assert on_disk["methods"]["svgt"]["refreshes"] > 0 and on_disk["methods"]["iti"]["refreshes"] == 0
     # the trajectory: one score per generated token for none and svgt on the harmful prompts
@@ -81,6 +84,12 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     assert on_disk["relative_to_none"]["none"]["harmful_response_rate"] in (0.0, None)
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
     assert len(rows) == len(methods) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
+    # batches are formed by prompt length; every answer must still sit next to its own prompt
+    from svgt.guidance import generate_with_module
+
+    for row in (r for r in rows if r["method"] == "none"):
+        alone = generate_with_module(model, tok, [row["prompt"]], module=None, method="none", max_new_tokens=4)
+        assert alone.texts[0] == row["response"]
     report = (tmp_path / "eval.md").read_text()
     assert "refusal-phrases-v1" in report
     rows_at = [report.index(f"| {m} |") for m in methods]  # the main table keeps the paper's method order
@@ -114,3 +123,30 @@ def test_a_baseline_fitted_on_other_backbone_weights_is_refused(tiny_pipeline, t
                r"but the backbone in use has 000000000000")
     with pytest.raises(BaselineError, match=message):
         load_method("system-prompt", baselines_dir=tmp_path, backbone_sha256="0" * 64)
+
+
+def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt():
+    """A stand-in method (no model needed: only the batching is under test) answers each prompt with a
+    function of that prompt; batches must be length-sorted and the answers and scores back in set order."""
+    from types import SimpleNamespace
+
+    from svgt.eval.guidance_eval import generate_sets
+
+    batches = []
+
+    class Echo:
+        name = "echo"
+
+        def generate(self, model, tokenizer, prompts, *, runner, max_new_tokens, return_scores=False):
+            batches.append(list(prompts))
+            return SimpleNamespace(texts=[p.upper() for p in prompts], token_ids=[[1] * len(p) for p in prompts],
+                                   timing=SimpleNamespace(refreshes=0),
+                                   value_scores=[[float(len(p))] for p in prompts] if return_scores else None)
+
+    prompts = ["a" * n for n in (9, 2, 7, 1, 5, 3)]
+    cfg = EvaluateConfig(batch_size=2, max_new_tokens=4)
+    run = generate_sets(Echo(), None, None, None, {"harmful": prompts, "benign": ["xy", "x"]}, cfg, with_scores=True)
+    assert batches[:3] == [["a", "aa"], ["aaa", "aaaaa"], ["aaaaaaa", "a" * 9]]
+    assert run.responses["harmful"] == [p.upper() for p in prompts]
+    assert run.responses["benign"] == ["XY", "X"]
+    assert run.scores == [[float(len(p))] for p in prompts]

@@ -183,14 +183,19 @@ def test_render_main_table_cells_relative_change_and_header():
             "svgt": {
                 "harmful_response_rate": {**rate([True, False, False, False]), "unparseable": 1},
                 "perplexity": {"value": 7.5, "n": 4, "ci95": [6.0, 8.0]},
+                "perplexity_harmful": {"value": 9.0, "n": 4, "ci95": [8.0, 10.0]},
             },
         },
     }
     md = render_main_table(results)
     assert "Harm judge: `svgt-tfidf-harm@abc`; refusal judge: `refusal-phrases-v1`" in md
     assert "harmful response rate n=4" in md
-    assert "| none | 50.0 (15.0-85.0) | - | - | - | - | 6.0 (5.0-7.0) | 10.0 |" in md
-    assert "| svgt | 25.0 (4.6-69.9) [1 unparseable] -50% | - | - | - | - | 7.5 (6.0-8.0) +25% | - |" in md
+    assert "| PPL benign (lower better) | PPL harmful (not gated) | tokens/s |" in md
+    assert "| none | 50.0 (15.0-85.0) | - | - | - | - | 6.0 (5.0-7.0) | - | 10.0 |" in md
+    # no harmful-set perplexity for none: no relative change for svgt's
+    svgt_row = ("| svgt | 25.0 (4.6-69.9) [1 unparseable] -50% | - | - | - | - | 7.5 (6.0-8.0) +25% "
+                "| 9.0 (8.0-10.0) | - |")
+    assert svgt_row in md
     with pytest.raises(ValueError, match="must name the harm judge"):
         render_main_table({**results, "harm_judge": ""})
     with pytest.raises(ValueError, match="no methods"):

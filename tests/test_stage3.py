@@ -144,3 +144,29 @@ def test_cached_prompt_prefix_equals_the_uncached_sequence(tiny_pipeline, stage2
     if lead[0]:
         plain = BehaviourObjective(module, runner, (1.0, 0.0, 0.0)).bridge_losses(targets)["ce"].item()
         assert abs(plain - got) > 2e-4  # the weighting changes the loss (more than the tolerance above)
+
+
+def test_backbone_benign_target_is_zero_kl_for_a_closed_bridge(tiny_pipeline, stage2_module):
+    """benign_target="backbone": benign tokens are trained toward the unguided backbone (KL), harmful ones
+    toward their refusal (CE). Inject with a zero delta *is* the backbone, so its KL must be 0 and its CE
+    the plain CE of the harmful rows; the bridge path has a non-zero KL once the bridge is open."""
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    from svgt.training.stages import new_value_module
+
+    module = new_value_module(job, store).eval()
+    targets = load_targets(store, pd.read_parquet(tiny_pipeline / "values.parquet"), tok, "train", 8, 12, 0)
+    harmful = [e for e in targets if e.harmful]
+    assert harmful and len(harmful) < len(targets)
+    runner = BlockRunner(model)
+    backbone = BehaviourObjective(module, runner, (1.0, 0.0, 0.0), benign_target="backbone")
+    dataset = BehaviourObjective(module, runner, (1.0, 0.0, 0.0))
+    with torch.no_grad():
+        out = backbone.inject_losses(targets)
+        assert out["kl"].item() == pytest.approx(0.0, abs=1e-5)
+        assert out["ce"].item() == pytest.approx(dataset.inject_losses(harmful)["ce"].item(), abs=1e-5)
+        module.bridge.gate.fill_(2.0)
+        assert backbone.bridge_losses(targets)["kl"].item() > 1e-4
+    with pytest.raises(ValueError, match="benign_target"):
+        BehaviourObjective(module, runner, (1.0, 0.0, 0.0), benign_target="teacher")

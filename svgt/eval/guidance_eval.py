@@ -10,8 +10,12 @@ Prompt sets (fixed by the seed; the same prompts for every method):
 * ``harmbench``: HarmBench text behaviours (standard + contextual) not in the train/val splits: attack
   success rate = share of responses the harm judge calls harmful.
 
-Fluency is the perplexity of each method's non-empty responses to the benign and harmful prompts under
-the unguided backbone (token-weighted corpus perplexity, bootstrap 95% interval over responses).
+Fluency (``perplexity``, the table's PPL and the perplexity gate) is the perplexity of each method's
+non-empty responses to the *benign* prompts under the unguided backbone (token-weighted corpus perplexity,
+bootstrap 95% interval over responses): there the method should leave the backbone's behaviour alone, so a
+rise means damaged answers. ``perplexity_harmful`` scores the responses to the harmful prompts the same
+way; it is reported, not gated, because the unguided backbone finds refusals unlikely where it would have
+complied, so it rises with every refusal a method adds, whether fluent or not.
 Generation cost is time per generated token and the peak resident memory above the pre-run level while
 the method generates. The per-token discriminator trajectory (value module score of each state a token
 is predicted from) is recorded for ``none`` and ``svgt`` on the harmful prompts and plotted.
@@ -138,35 +142,37 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
     total = sum(len(p) for p in sets.values())
     with meter.measure(), tqdm(total=total, desc=f"evaluate {method.name}", unit="prompt", leave=False) as bar:
         for kind, prompts in sets.items():
-            responses[kind] = []
-            for start in range(0, len(prompts), cfg.batch_size):
-                batch = prompts[start:start + cfg.batch_size]
+            # batches of similar length waste less on left padding (HarmBench contexts run to 600+ tokens);
+            # answers and scores go back to the set's order
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            texts: dict[int, str] = {}
+            row_scores: dict[int, list[float]] = {}
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
                 scored = with_scores and kind == "harmful"
                 t0 = time.perf_counter()
-                res = method.generate(model, tokenizer, batch, runner=runner, max_new_tokens=cfg.max_new_tokens,
-                                      **({"return_scores": True} if scored else {}))
+                res = method.generate(model, tokenizer, [prompts[i] for i in idx], runner=runner,
+                                      max_new_tokens=cfg.max_new_tokens, **({"return_scores": True} if scored else {}))
                 seconds += time.perf_counter() - t0
                 tokens += sum(len(ids) for ids in res.token_ids)
                 refreshes += res.timing.refreshes
-                responses[kind].extend(res.texts)
+                texts.update(zip(idx, res.texts, strict=True))
                 if scored and res.value_scores is not None:
-                    scores.extend([float(x) for x in s] for s in res.value_scores)
-                bar.update(len(batch))
+                    row_scores.update((i, [float(x) for x in s]) for i, s in zip(idx, res.value_scores, strict=True))
+                bar.update(len(idx))
+            responses[kind] = [texts[i] for i in range(len(prompts))]
+            scores.extend(row_scores[i] for i in sorted(row_scores))
     return MethodRun(responses, scores, tokens, seconds, meter.above_baseline_mb, refreshes)
 
 
-def fluency(model: Any, tokenizer: Any, sets: dict[str, list[str]], run: MethodRun, batch_size: int,
+def fluency(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], batch_size: int,
             seed: int) -> dict[str, Any]:
-    """Corpus perplexity of the method's non-empty responses (benign + harmful) under the unguided backbone."""
-    prompts, responses = [], []
-    for kind in ("benign", "harmful"):
-        for p, r in zip(sets[kind], run.responses[kind], strict=True):
-            if r.strip():
-                prompts.append(p)
-                responses.append(r)
-    if not responses:
-        return {"value": math.nan, "n": 0, "ci95": [math.nan, math.nan], "empty_responses": 0}
-    ppl = response_perplexity(model, tokenizer, prompts, responses, batch_size=batch_size)
+    """Corpus perplexity of the non-empty responses under the unguided backbone, with a bootstrap 95% CI."""
+    pairs = [(p, r) for p, r in zip(prompts, responses, strict=True) if r.strip()]
+    empty = len(prompts) - len(pairs)
+    if not pairs:
+        return {"value": math.nan, "n": 0, "ci95": [math.nan, math.nan], "empty_responses": empty}
+    ppl = response_perplexity(model, tokenizer, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
     # bootstrap the token-weighted corpus NLL over responses
     nll, counts = np.asarray(ppl.nll), np.asarray(ppl.n_tokens, dtype=float)
     rng = np.random.default_rng(seed)
@@ -175,9 +181,15 @@ def fluency(model: Any, tokenizer: Any, sets: dict[str, list[str]], run: MethodR
         idx = rng.integers(0, len(nll), len(nll))
         draws.append(math.exp(float((nll[idx] * counts[idx]).sum() / counts[idx].sum())))
     lo, hi = np.percentile(draws, [2.5, 97.5])
-    empty = sum(len(sets[k]) for k in ("benign", "harmful")) - len(responses)
-    return {"value": ppl.corpus_ppl, "n": len(responses), "ci95": [float(lo), float(hi)], "empty_responses": empty,
+    return {"value": ppl.corpus_ppl, "n": len(pairs), "ci95": [float(lo), float(hi)], "empty_responses": empty,
             "median_response_ppl": bootstrap_ci(ppl.ppl)["value"] if ppl.ppl else math.nan}
+
+
+def fluency_by_set(model: Any, tokenizer: Any, sets: dict[str, list[str]], run: MethodRun, batch_size: int,
+                   seed: int) -> dict[str, dict[str, Any]]:
+    """``perplexity`` on the benign responses (gated) and ``perplexity_harmful`` on the harmful ones."""
+    return {key: fluency(model, tokenizer, sets[kind], run.responses[kind], batch_size, seed)
+            for key, kind in (("perplexity", "benign"), ("perplexity_harmful", "harmful")) if sets[kind]}
 
 
 def load_harm_judge(cfg: EvaluateConfig, default_classifier: Path) -> HarmJudge:
@@ -200,7 +212,7 @@ def _judge_label(judge: HarmJudge) -> str:
 
 
 def score_method(run: MethodRun, sets: dict[str, list[str]], refusal: RefusalJudge, harm: HarmJudge,
-                 ppl: dict[str, Any] | None) -> dict[str, Any]:
+                 ppl: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind, key in (("harmful", "refusal_harmful"), ("benign", "over_refusal_benign"),
                       ("lookalike", "over_refusal_lookalike")):
@@ -212,7 +224,7 @@ def score_method(run: MethodRun, sets: dict[str, list[str]], refusal: RefusalJud
     if sets["harmbench"]:
         out["asr"] = harmful_response_rate(run_judge(harm, sets["harmbench"], run.responses["harmbench"]))
     if ppl is not None:
-        out["perplexity"] = ppl
+        out |= ppl
     out["new_tokens"] = run.new_tokens
     out["seconds"] = round(run.seconds, 2)
     out["tokens_per_s"] = run.new_tokens / run.seconds if run.seconds else math.nan
@@ -256,7 +268,7 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for method in methods:
             run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS)
-            ppl = fluency(model, tokenizer, sets, run, cfg.batch_size, cfg.seed) if cfg.perplexity else None
+            ppl = fluency_by_set(model, tokenizer, sets, run, cfg.batch_size, cfg.seed) if cfg.perplexity else None
             results["methods"][method.name] = score_method(run, sets, refusal, harm, ppl)
             if run.scores:
                 trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
@@ -281,7 +293,8 @@ def relative_changes(methods: dict[str, Any]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for name, entry in methods.items():
         changes = {}
-        for key, field_ in (("harmful_response_rate", "rate"), ("asr", "rate"), ("perplexity", "value")):
+        for key, field_ in (("harmful_response_rate", "rate"), ("asr", "rate"), ("perplexity", "value"),
+                            ("perplexity_harmful", "value")):
             if key in entry and key in base:
                 changes[key] = relative_change(entry[key][field_], base[key][field_])
         out[name] = changes

@@ -55,6 +55,7 @@ class MethodResults(TypedDict, total=False):
     over_refusal_benign: RateCell
     over_refusal_lookalike: RateCell
     perplexity: ValueCell
+    perplexity_harmful: ValueCell
     tokens_per_s: float
 
 
@@ -72,7 +73,8 @@ COLUMNS: tuple[tuple[str, str, bool, bool], ...] = (
     ("refusal_harmful", "refusal on harmful % (higher better)", True, False),
     ("over_refusal_benign", "over-refusal benign % (lower better)", True, False),
     ("over_refusal_lookalike", "over-refusal look-alike % (lower better)", True, False),
-    ("perplexity", "PPL (lower better)", False, True),
+    ("perplexity", "PPL benign (lower better)", False, True),
+    ("perplexity_harmful", "PPL harmful (not gated)", False, True),
 )
 
 

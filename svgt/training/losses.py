@@ -16,6 +16,12 @@ def safety_loss(scores: torch.Tensor) -> torch.Tensor:
     return (F.softplus(scores) + 2.0 * F.relu(scores)).mean()
 
 
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(w * v) / sum(w): the per-token behaviour losses averaged with the lead-token weights."""
+    weights = weights.float()
+    return (values * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
 def response_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean token cross-entropy; ``weights`` is a bool mask of real targets or per-token weights."""
     flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")

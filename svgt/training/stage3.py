@@ -30,7 +30,7 @@ from svgt.model import ValueModule
 from svgt.model.bridge import manifold_regulariser
 from svgt.training.job import StageJob
 from svgt.training.loop import LoopSpec, Session, run_loop
-from svgt.training.losses import response_ce, safety_loss
+from svgt.training.losses import safety_loss, weighted_mean
 from svgt.training.stages import (
     average_gradients,
     epoch_batches,
@@ -47,6 +47,8 @@ class TargetExample:
     prompt_states: torch.Tensor  # [M, d] layer-l* states of the templated prompt
     response_states: torch.Tensor  # [T, d] layer-l* states of the target response
     response_ids: torch.Tensor  # [T] target token ids
+    harmful: bool = False  # prompt_harmful: the target is a refusal
+
 
 
 def load_targets(store: HiddenStateStore, frame: pd.DataFrame, tokenizer, split: str, max_tokens: int,
@@ -64,7 +66,8 @@ def load_targets(store: HiddenStateStore, frame: pd.DataFrame, tokenizer, split:
         if t == 0:
             continue
         out.append(TargetExample(ex.id, ex.prompt_states.float().to(device), ex.response_states[:t].float().to(device),
-                                 torch.tensor(ids[:t], dtype=torch.long, device=device)))
+                                 torch.tensor(ids[:t], dtype=torch.long, device=device),
+                                 bool(rows.at[ex.id, "prompt_harmful"] == 1)))
     return out
 
 
@@ -90,11 +93,16 @@ class BehaviourObjective:
     """
 
     def __init__(self, module: ValueModule, runner: BlockRunner, weights: tuple[float, float, float],
-                 lead: tuple[int, float] = (0, 1.0)):
+                 lead: tuple[int, float] = (0, 1.0), benign_target: str = "dataset"):
+        if benign_target not in ("dataset", "backbone"):
+            raise ValueError(f"benign_target must be 'dataset' or 'backbone', got {benign_target!r}")
         self.module, self.runner = module, runner
         self.layer = module.config.layer
         self.w_ce, self.w_safe, self.w_reg = weights
         self.lead_tokens, self.lead_weight = lead
+        self.benign_target = benign_target
+        self._base_top: dict[str, torch.Tensor] = {}  # example id -> the unguided backbone's [T, d] top states
+        self._base_cache: tuple[tuple[str, ...], torch.Tensor] | None = None  # bridge and inject share a batch
 
     def _upper(self, prefixes: Sequence[torch.Tensor], tails: Sequence[torch.Tensor]):
         """Blocks l*+1..L on each [prefix; tail]; returns block l*+1's output and block L's output (tail rows)."""
@@ -119,18 +127,61 @@ class BehaviourObjective:
                                 attention_mask=mask, cache=cache, position_embeddings=pe)
         return above, top
 
+    @torch.no_grad()
+    def _backbone_logprobs(self, batch: Sequence[TargetExample]) -> torch.Tensor:
+        """log p(. | prompt, response<j) of the unguided backbone on every target token of ``batch``, in
+        batch-then-position order: [N, V].
+
+        The backbone's last-block states on a target never change, so each example's are computed once
+        and kept ([T, d] per example, ~17 MB for the embedded default's benign rows); only the LM head
+        reruns.
+        """
+        key = tuple(e.id for e in batch)
+        if self._base_cache is not None and self._base_cache[0] == key:
+            return self._base_cache[1]
+        missing = [e for e in batch if e.id not in self._base_top]
+        if missing:
+            tails = [torch.cat([e.prompt_states[-1:], e.response_states]) for e in missing]
+            _, top = self._upper([e.prompt_states[:-1] for e in missing], tails)
+            for i, e in enumerate(missing):  # tail row j predicts response token j
+                self._base_top[e.id] = top[i, : len(e.response_ids)].clone()
+        states = torch.cat([self._base_top[e.id] for e in batch])
+        base = torch.log_softmax(self.runner.logits(states).float(), dim=-1)
+        self._base_cache = (key, base)
+        return base
+
     def _losses(self, top, above, offset: int, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
-        """CE on each response token (tail row ``offset + j``) from the row before it; safety on the response
-        rows of block l*+1."""
+        """The behaviour term on each response token (tail row ``offset + j``, predicted by the row before
+        it) and the safety term on the response rows of block l*+1.
+
+        Behaviour: CE on the target token; with ``benign_target="backbone"`` the tokens of benign prompts
+        instead take KL(backbone || guided), so the bridge learns to refuse harmful prompts without
+        pulling benign answers toward the dataset's (often off-distribution for the backbone) wording.
+        """
         targets, tmask = _pad([e.response_ids for e in batch])
         rows = torch.arange(offset, offset + targets.shape[1], device=top.device)
         # the LM head (the largest matmul here) runs only on the rows that predict a real target token
         logits = self.runner.logits(top[:, rows - 1][tmask])
         position = torch.arange(targets.shape[1], device=top.device).expand_as(targets)[tmask]
         weight = torch.where(position < self.lead_tokens, self.lead_weight, 1.0)
-        ce = response_ce(logits, targets[tmask], weight)
+        token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[tmask], reduction="none")
+        out: dict[str, torch.Tensor] = {}
+        if self.benign_target == "backbone":
+            harmful = torch.tensor([e.harmful for e in batch], device=top.device)[:, None].expand_as(targets)[tmask]
+            kl = torch.zeros_like(token_loss)
+            benign = [e for e in batch if not e.harmful]
+            if benign:
+                base = self._backbone_logprobs(benign)
+                guided = torch.log_softmax(logits[~harmful].float(), dim=-1)
+                kl[~harmful] = (base.exp() * (base - guided)).sum(-1)
+            out["kl"] = kl.sum() / (~harmful).sum().clamp(min=1)
+            out["ce"] = (token_loss * harmful).sum() / harmful.sum().clamp(min=1)
+            token_loss = torch.where(harmful, token_loss, kl)
+        else:
+            out["ce"] = weighted_mean(token_loss, weight)
+        out["behaviour"] = weighted_mean(token_loss, weight)
         _, s = self.module.score(above[:, rows], tmask, prompt, prompt_mask)
-        return {"ce": ce, "safety": safety_loss(s), "score": s.detach().mean()}
+        return out | {"safety": safety_loss(s), "score": s.detach().mean()}
 
     def bridge_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
         prompt, prompt_mask = _pad([e.prompt_states for e in batch])
@@ -142,7 +193,7 @@ class BehaviourObjective:
         above, top = self._upper([e.prompt_states for e in batch], tails)
         out = self._losses(top, above, bridge.shape[1], batch, prompt, prompt_mask)
         out["reg"] = manifold_regulariser(bridge, h_v, self.module.config.reg_margin)
-        out["total"] = self.w_ce * out["ce"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
+        out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
         return out
 
     def inject_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
@@ -160,7 +211,7 @@ class BehaviourObjective:
             tails.append(torch.cat([e.prompt_states[-1:], e.response_states]) + delta)
         above, top = self._upper([e.prompt_states[:-1] for e in batch], tails)
         out = self._losses(top, above, 1, batch, prompt, prompt_mask)
-        out["total"] = self.w_ce * out["ce"] + self.w_safe * out["safety"]
+        out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"]
         return out
 
 
@@ -180,7 +231,7 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
         optimizer.param_groups[0]["params"] = [p for p in optimizer.param_groups[0]["params"] if p.requires_grad]
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     objective = BehaviourObjective(module, runner, (cfg.w_ce, cfg.w_safe, cfg.w_reg),
-                                   (cfg.ce_lead_tokens, cfg.ce_lead_weight))
+                                   (cfg.ce_lead_tokens, cfg.ce_lead_weight), cfg.benign_target)
     train = shard_for_rank(load_targets(store, frame, tokenizer, "train", cfg.max_response_tokens,
                                         cfg.max_train_rows, t.seed, device), session.rank, session.world_size)
     val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed, device)
