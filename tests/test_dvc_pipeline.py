@@ -86,24 +86,13 @@ def test_dvc_repro_extract_and_validation_gate(scratch_repo, tmp_path):
     assert (scratch_repo / "reports/validation/data_docs/index.html").exists()
 
 
-@pytest.mark.parametrize(("key", "old", "new", "changed"), [
-    ("train.stage3.lr", 2.0e-3, 1.0e-3, {"stage3"}),
-    ("train.stage3.benign_target", "backbone", "dataset", {"stage3"}),
-    ("train.stage1.epochs", 6, 7, {"stage1"}),
-    ("extract.batch_size", 8, 4, {"extract"}),
-    ("evaluate.max_new_tokens", 32, 24, {"evaluate"}),
-    ("gates.min_stage2_auroc", 0.7, 0.8, {"register"}),
-    ("baselines.iti.alpha", 5.0, 4.0, {"baselines"}),
-    ("model.d_v", 128, 64, {"stage1", "stage2", "stage3"}),
-])
-def test_a_param_change_invalidates_exactly_the_stages_that_read_it(tmp_path, repo_root, key, old, new, changed):
-    """Real DVC on the real dvc.yaml: record every stage as up to date (`dvc commit` over placeholder
-    outputs, so nothing is trained), change one param, and ask `dvc status` what changed. Stages further
-    down then rerun only if the changed stage's outputs change."""
+def _committed_placeholder_repo(tmp_path: Path, repo_root: Path) -> Path:
+    """A copy of svgt/, dvc.yaml, params.yaml and .dvcignore with every stage recorded as up to date
+    (`dvc commit` over placeholder outputs, so nothing is trained)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(repo_root / "svgt", repo / "svgt", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(repo_root / name, repo / name)
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     for stage in stages.values():
@@ -118,7 +107,23 @@ def test_a_param_change_invalidates_exactly_the_stages_that_read_it(tmp_path, re
         assert run(cmd, repo).returncode == 0
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     assert set(status) == {"ingest"}  # ingest always re-reads its sources; everything else is up to date
+    return repo
 
+
+@pytest.mark.parametrize(("key", "old", "new", "changed"), [
+    ("train.stage3.lr", 2.0e-3, 1.0e-3, {"stage3"}),
+    ("train.stage3.benign_target", "backbone", "dataset", {"stage3"}),
+    ("train.stage1.epochs", 6, 7, {"stage1"}),
+    ("extract.batch_size", 8, 4, {"extract"}),
+    ("evaluate.max_new_tokens", 32, 24, {"evaluate"}),
+    ("gates.min_stage2_auroc", 0.7, 0.8, {"register"}),
+    ("baselines.iti.alpha", 5.0, 4.0, {"baselines"}),
+    ("model.d_v", 128, 64, {"stage1", "stage2", "stage3"}),
+])
+def test_a_param_change_invalidates_exactly_the_stages_that_read_it(tmp_path, repo_root, key, old, new, changed):
+    """Real DVC on the real dvc.yaml: record every stage as up to date, change one param, and ask
+    `dvc status` what changed. Stages further down then rerun only if the changed stage's outputs change."""
+    repo = _committed_placeholder_repo(tmp_path, repo_root)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     node = params
     *parents, leaf = key.split(".")
@@ -129,6 +134,18 @@ def test_a_param_change_invalidates_exactly_the_stages_that_read_it(tmp_path, re
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     assert set(status) - {"ingest"} == changed
+
+
+def test_python_bytecode_next_to_the_code_changes_no_stage(tmp_path, repo_root):
+    """Running svgt or the tests from a checkout writes __pycache__/*.pyc into svgt/ (unless
+    PYTHONDONTWRITEBYTECODE is set); .dvcignore must keep that from invalidating every stage."""
+    repo = _committed_placeholder_repo(tmp_path, repo_root)
+    for package in ("backbone", "training", "eval"):
+        cache = repo / "svgt" / package / "__pycache__"
+        cache.mkdir(exist_ok=True)
+        (cache / "runner.cpython-311.pyc").write_bytes(b"\xa7\r\r\n bytecode")
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert set(status) == {"ingest"}
 
 
 def test_dvc_s3_remote_push_and_pull(tmp_path, s3_server, s3_bucket):
