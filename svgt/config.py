@@ -160,6 +160,8 @@ class Stage3Config:
     max_train_rows: int = 0  # 0: every stage-3 train row; else a seeded sample (CPU budgets)
     max_val_rows: int = 64
     train_inject: bool = True  # also train the SVGT-Inject ablation's projector (same losses, no bridge)
+    # prompt rows' upper-block keys/values are computed once and reused every epoch, up to this much memory
+    prefix_cache_mb: float = 2048.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class EvaluateConfig:
     max_trajectory_prompts: int = 16
     max_new_tokens: int = 40
     batch_size: int = 8
+    max_batch_tokens: int = 4096  # rows x longest prompt per decode batch (length-sorted across the prompt sets)
     methods: list[Literal["none", "system-prompt", "dpo-lora", "iti", "re-control", "conva", "neva", "svgt-inject",
                           "svgt"]] = field(default_factory=lambda: ["none", "svgt", "svgt-inject"])
     harm_judge: Literal["classifier", "wildguard", "llama-guard-3", "harmbench"] = "classifier"

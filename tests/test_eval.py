@@ -127,7 +127,8 @@ def test_a_baseline_fitted_on_other_backbone_weights_is_refused(tiny_pipeline, t
 
 def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt():
     """A stand-in method (no model needed: only the batching is under test) answers each prompt with a
-    function of that prompt; batches must be length-sorted and the answers and scores back in set order."""
+    function of that prompt; prompts of all sets share length-sorted batches (rows and a padded-token
+    budget), and the answers and harmful-set scores come back in each set's order."""
     from types import SimpleNamespace
 
     from svgt.eval.guidance_eval import generate_sets
@@ -138,15 +139,18 @@ def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt()
         name = "echo"
 
         def generate(self, model, tokenizer, prompts, *, runner, max_new_tokens, return_scores=False):
-            batches.append(list(prompts))
+            batches.append((list(prompts), return_scores))
             return SimpleNamespace(texts=[p.upper() for p in prompts], token_ids=[[1] * len(p) for p in prompts],
                                    timing=SimpleNamespace(refreshes=0),
                                    value_scores=[[float(len(p))] for p in prompts] if return_scores else None)
 
     prompts = ["a" * n for n in (9, 2, 7, 1, 5, 3)]
-    cfg = EvaluateConfig(batch_size=2, max_new_tokens=4)
-    run = generate_sets(Echo(), None, None, None, {"harmful": prompts, "benign": ["xy", "x"]}, cfg, with_scores=True)
-    assert batches[:3] == [["a", "aa"], ["aaa", "aaaaa"], ["aaaaaaa", "a" * 9]]
+    cfg = EvaluateConfig(batch_size=3, max_batch_tokens=16, max_new_tokens=4)
+    sets = {"harmful": prompts, "benign": ["b" * 4, "b"], "lookalike": ["c" * 12]}
+    run = generate_sets(Echo(), None, None, None, sets, cfg, with_scores=True, length=len)
+    # sorted by length across sets: 1,1,2 | 3,4,5 (3 rows) | 7 | 9 (2 x 9 > 16) | 12
+    assert [sorted(map(len, b)) for b, _ in batches] == [[1, 1, 2], [3, 4, 5], [7], [9], [12]]
+    assert [scored for _, scored in batches] == [True, True, True, True, False]  # scores only where harmful rows are
     assert run.responses["harmful"] == [p.upper() for p in prompts]
-    assert run.responses["benign"] == ["XY", "X"]
+    assert run.responses["benign"] == ["BBBB", "B"] and run.responses["lookalike"] == ["C" * 12]
     assert run.scores == [[float(len(p))] for p in prompts]

@@ -229,3 +229,24 @@ def test_lookalike_benign_prompts_and_their_splits():
     kept = load_lookalike_benign(CACHE, values=values)
     assert len(kept) == 79 and kept[0].prompt == hard[1].prompt and kept[0].split == "test"
     assert len(load_lookalike_benign(CACHE, hard_negatives_only=False)) == 110
+
+
+def test_response_nll_sums_shares_each_prompt_across_response_sets():
+    """Several methods' responses to the same prompts, scored against one prompt cache per batch (cropped
+    back after each set), equal scoring each set alone; an empty response scores (0.0, 0)."""
+    from svgt.eval.metrics import response_nll_sums
+
+    tok = make_tokenizer()
+    model = make_model("llama", len(tok), num_layers=2)
+    prompts = ["How do I bake bread?", "What is 12 times 7? Tell me", "Hi"]
+    sets = [["Mix flour and water.", "It is 84.", "Hello there, friend"],
+            ["", "Eighty four, and the capital of France is Paris.", "Hey"]]
+    both = response_nll_sums(model, tok, prompts, sets, batch_size=2)
+    for s, responses in enumerate(sets):
+        for i, r in enumerate(responses):
+            if not r:
+                assert both[s][i] == (0.0, 0)
+                continue
+            alone = response_perplexity(model, tok, [prompts[i]], [r], batch_size=1)
+            assert both[s][i][1] == alone.n_tokens[0]
+            assert both[s][i][0] / both[s][i][1] == pytest.approx(alone.nll[0], abs=1e-5)

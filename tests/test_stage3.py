@@ -170,3 +170,32 @@ def test_backbone_benign_target_is_zero_kl_for_a_closed_bridge(tiny_pipeline, st
         assert backbone.bridge_losses(targets)["kl"].item() > 1e-4
     with pytest.raises(ValueError, match="benign_target"):
         BehaviourObjective(module, runner, (1.0, 0.0, 0.0), benign_target="teacher")
+
+
+def test_prefix_cache_reuse_equals_recomputation(tiny_pipeline, stage2_module):
+    """Prompt keys/values are computed once and reused by later batches (in another order and batch mix)
+    and by the inject objective (prompt minus its last row); the losses must equal an objective that
+    recomputes them every time (budget 0 keeps nothing)."""
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    from svgt.training.stages import initial_module
+
+    module = initial_module(job, store).eval()
+    with torch.no_grad():
+        module.bridge.gate.fill_(1.0)
+    targets = load_targets(store, pd.read_parquet(tiny_pipeline / "values.parquet"), tok, "train", 8, 8, 0)
+    runner = BlockRunner(model)
+    cached = BehaviourObjective(module, runner, (1.0, 0.0, 0.0), benign_target="backbone")
+    fresh = BehaviourObjective(module, runner, (1.0, 0.0, 0.0), benign_target="backbone", prefix_cache_mb=0)
+    with torch.no_grad():
+        cached.bridge_losses(targets[:5])  # fills the cache for the first five
+        assert set(cached.prefixes.entries) == {e.id for e in targets[:5]} and cached.prefixes.bytes > 0
+        mixed = targets[3:] + targets[:2]  # cached and new rows, other padding
+        for name in ("bridge_losses", "inject_losses"):
+            got = getattr(cached, name)(mixed)
+            want = getattr(fresh, name)(mixed)
+            for key in ("ce", "kl", "safety"):
+                assert got[key].item() == pytest.approx(want[key].item(), abs=1e-5), (name, key)
+    assert not fresh.prefixes.entries and fresh.prefixes.bytes == 0
+    assert set(cached.prefixes.entries) == {e.id for e in targets}

@@ -30,7 +30,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,11 +43,20 @@ from tqdm.auto import tqdm
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
+from svgt.backbone.text import encode_prompt
 from svgt.config import EvaluateConfig
 from svgt.data.schema import normalize_prompt
 from svgt.eval.judges import RefusalJudge, run_judge
 from svgt.eval.judges.base import HarmJudge
-from svgt.eval.metrics import bootstrap_ci, harmful_response_rate, rate, relative_change, response_perplexity, wilson
+from svgt.eval.metrics import (
+    bootstrap_ci,
+    harmful_response_rate,
+    perplexity_from_sums,
+    rate,
+    relative_change,
+    response_nll_sums,
+    wilson,
+)
 from svgt.eval.prompt_sets import load_harmbench_behaviors, load_lookalike_benign
 from svgt.eval.report import render_main_table
 from svgt.io import atomic_path, write_json_atomic, write_text_atomic
@@ -133,46 +142,65 @@ class MethodRun:
     refreshes: int
 
 
+def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``batch_size`` rows whose padded size
+    (rows x longest) stays within ``max_batch_tokens`` (a longer single row gets a batch of its own).
+
+    Decoding on this kind of machine is bound by reading the weights once per step, so big batches are
+    nearly free per row; the token budget keeps long prompts (HarmBench contexts run to 600+ tokens) from
+    padding a whole big batch.
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        current = batches[-1] if batches else None
+        if current is None or len(current) >= batch_size or (len(current) + 1) * lengths[i] > max_batch_tokens:
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches
+
+
 def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner,
-                  sets: dict[str, list[str]], cfg: EvaluateConfig, with_scores: bool) -> MethodRun:
-    responses: dict[str, list[str]] = {}
-    scores: list[list[float]] = []
+                  sets: dict[str, list[str]], cfg: EvaluateConfig, with_scores: bool,
+                  length: Callable[[str], int] | None = None) -> MethodRun:
+    """Every prompt of every set, batched together by length; answers (and, for ``with_scores``, the
+    per-token scores of the harmful set) come back in each set's order. ``length`` measures a prompt for
+    batching (default: its chat-templated token count)."""
+    length = length or (lambda p: len(encode_prompt(tokenizer, p, True)))
+    items = [(kind, i, p) for kind, prompts in sets.items() for i, p in enumerate(prompts)]
+    texts: dict[tuple[str, int], str] = {}
+    row_scores: dict[int, list[float]] = {}
     tokens, seconds, refreshes = 0, 0.0, 0
     meter = PeakRSS()
-    total = sum(len(p) for p in sets.values())
-    with meter.measure(), tqdm(total=total, desc=f"evaluate {method.name}", unit="prompt", leave=False) as bar:
-        for kind, prompts in sets.items():
-            # batches of similar length waste less on left padding (HarmBench contexts run to 600+ tokens);
-            # answers and scores go back to the set's order
-            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-            texts: dict[int, str] = {}
-            row_scores: dict[int, list[float]] = {}
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                scored = with_scores and kind == "harmful"
-                t0 = time.perf_counter()
-                res = method.generate(model, tokenizer, [prompts[i] for i in idx], runner=runner,
-                                      max_new_tokens=cfg.max_new_tokens, **({"return_scores": True} if scored else {}))
-                seconds += time.perf_counter() - t0
-                tokens += sum(len(ids) for ids in res.token_ids)
-                refreshes += res.timing.refreshes
-                texts.update(zip(idx, res.texts, strict=True))
-                if scored and res.value_scores is not None:
-                    row_scores.update((i, [float(x) for x in s]) for i, s in zip(idx, res.value_scores, strict=True))
-                bar.update(len(idx))
-            responses[kind] = [texts[i] for i in range(len(prompts))]
-            scores.extend(row_scores[i] for i in sorted(row_scores))
+    batches = length_batches([length(p) for _, _, p in items], cfg.batch_size, cfg.max_batch_tokens)
+    with meter.measure(), tqdm(total=len(items), desc=f"evaluate {method.name}", unit="prompt", leave=False) as bar:
+        for idx in batches:
+            batch = [items[j] for j in idx]
+            scored = with_scores and any(kind == "harmful" for kind, _, _ in batch)
+            t0 = time.perf_counter()
+            res = method.generate(model, tokenizer, [p for _, _, p in batch], runner=runner,
+                                  max_new_tokens=cfg.max_new_tokens, **({"return_scores": True} if scored else {}))
+            seconds += time.perf_counter() - t0
+            tokens += sum(len(ids) for ids in res.token_ids)
+            refreshes += res.timing.refreshes
+            texts.update(((kind, i), text) for (kind, i, _), text in zip(batch, res.texts, strict=True))
+            if scored and res.value_scores is not None:
+                row_scores.update((i, [float(x) for x in s]) for (kind, i, _), s in
+                                  zip(batch, res.value_scores, strict=True) if kind == "harmful")
+            bar.update(len(batch))
+    responses = {kind: [texts[(kind, i)] for i in range(len(prompts))] for kind, prompts in sets.items()}
+    scores = [row_scores[i] for i in sorted(row_scores)]
     return MethodRun(responses, scores, tokens, seconds, meter.above_baseline_mb, refreshes)
 
 
-def fluency(model: Any, tokenizer: Any, prompts: list[str], responses: list[str], batch_size: int,
-            seed: int) -> dict[str, Any]:
-    """Corpus perplexity of the non-empty responses under the unguided backbone, with a bootstrap 95% CI."""
-    pairs = [(p, r) for p, r in zip(prompts, responses, strict=True) if r.strip()]
-    empty = len(prompts) - len(pairs)
-    if not pairs:
+def fluency(sums: list[tuple[float, int]], seed: int) -> dict[str, Any]:
+    """Corpus perplexity of the non-empty responses (from their (NLL sum, token count)), with a bootstrap
+    95% interval over responses."""
+    scored = [(s, c) for s, c in sums if c > 0]
+    empty = len(sums) - len(scored)
+    if not scored:
         return {"value": math.nan, "n": 0, "ci95": [math.nan, math.nan], "empty_responses": empty}
-    ppl = response_perplexity(model, tokenizer, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+    ppl = perplexity_from_sums(scored)
     # bootstrap the token-weighted corpus NLL over responses
     nll, counts = np.asarray(ppl.nll), np.asarray(ppl.n_tokens, dtype=float)
     rng = np.random.default_rng(seed)
@@ -181,15 +209,28 @@ def fluency(model: Any, tokenizer: Any, prompts: list[str], responses: list[str]
         idx = rng.integers(0, len(nll), len(nll))
         draws.append(math.exp(float((nll[idx] * counts[idx]).sum() / counts[idx].sum())))
     lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {"value": ppl.corpus_ppl, "n": len(pairs), "ci95": [float(lo), float(hi)], "empty_responses": empty,
+    return {"value": ppl.corpus_ppl, "n": len(scored), "ci95": [float(lo), float(hi)], "empty_responses": empty,
             "median_response_ppl": bootstrap_ci(ppl.ppl)["value"] if ppl.ppl else math.nan}
 
 
-def fluency_by_set(model: Any, tokenizer: Any, sets: dict[str, list[str]], run: MethodRun, batch_size: int,
-                   seed: int) -> dict[str, dict[str, Any]]:
-    """``perplexity`` on the benign responses (gated) and ``perplexity_harmful`` on the harmful ones."""
-    return {key: fluency(model, tokenizer, sets[kind], run.responses[kind], batch_size, seed)
-            for key, kind in (("perplexity", "benign"), ("perplexity_harmful", "harmful")) if sets[kind]}
+FLUENCY_SETS = (("perplexity", "benign"), ("perplexity_harmful", "harmful"))
+
+
+def fluency_by_method(model: Any, tokenizer: Any, runner: BlockRunner, sets: dict[str, list[str]],
+                      runs: dict[str, MethodRun], batch_size: int, seed: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method: ``perplexity`` of its benign responses (gated) and ``perplexity_harmful`` of its harmful
+    ones, under the unguided backbone. Every method answers the same prompts, so each prompt runs through
+    the backbone once and all methods' responses to it are scored against that cache."""
+    names = list(runs)
+    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+    for key, kind in FLUENCY_SETS:
+        if not sets[kind]:
+            continue
+        sums = response_nll_sums(model, tokenizer, sets[kind], [runs[n].responses[kind] for n in names], batch_size,
+                                 runner=runner)
+        for name, method_sums in zip(names, sums, strict=True):
+            out[name][key] = fluency(method_sums, seed)
+    return out
 
 
 def load_harm_judge(cfg: EvaluateConfig, default_classifier: Path) -> HarmJudge:
@@ -265,17 +306,20 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
         "sample_sizes": {k: len(v) for k, v in sets.items()}, "config": asdict(cfg), "methods": {},
     }
     trajectories: dict[str, list[list[float]]] = {}
+    runs: dict[str, MethodRun] = {}
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for method in methods:
             run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS)
-            ppl = fluency_by_set(model, tokenizer, sets, run, cfg.batch_size, cfg.seed) if cfg.perplexity else None
-            results["methods"][method.name] = score_method(run, sets, refusal, harm, ppl)
+            runs[method.name] = run
             if run.scores:
                 trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
             for kind, prompts in sets.items():
                 for prompt, text in zip(prompts, run.responses[kind], strict=True):
                     out.write(json.dumps({"method": method.name, "set": kind, "prompt": prompt, "response": text,
                                           "refusal": refusal(text)}) + "\n")
+    ppl = fluency_by_method(model, tokenizer, runner, sets, runs, cfg.batch_size, cfg.seed) if cfg.perplexity else {}
+    for name, run in runs.items():
+        results["methods"][name] = score_method(run, sets, refusal, harm, ppl.get(name))
     results["discrimination"] = discrimination(metrics_path.parent)
     results["relative_to_none"] = relative_changes(results["methods"])
     plots = write_plots(results, trajectories, module.config.refresh_interval, cfg.max_new_tokens, plots_dir)

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt, encode_response
+from svgt.extract import pad_batch
 
 if TYPE_CHECKING:  # judges import metrics; the verdict type is only needed for annotations
     from svgt.eval.judges.base import VerdictSet
@@ -183,6 +185,89 @@ class Perplexity:
 
 
 @torch.no_grad()
+def response_nll_sums(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    response_sets: Sequence[Sequence[str]],
+    batch_size: int = 8,
+    *,
+    chat_template: bool = True,
+    add_eos: bool = False,
+    runner: BlockRunner | None = None,
+) -> list[list[tuple[float, int]]]:
+    """(summed NLL in nats, token count) of each response given its prompt, for several sets of responses
+    to the same prompts (``response_sets[s][i]`` answers ``prompts[i]``; an empty response gives (0.0, 0)).
+
+    Each batch of prompts (length-sorted, left-padded, encoded as generation encodes them) runs through
+    the model once into a KV cache; every set's responses to those prompts are then scored against that
+    cache, which is cropped back to the prompts after each set. The LM head runs only where a response
+    token is predicted (the last prompt row and the response rows), never over the prompts.
+    """
+    if batch_size < 1:
+        raise ValueError(f"response_perplexity: batch_size must be >= 1, got {batch_size}")
+    for responses in response_sets:
+        if len(responses) != len(prompts):
+            raise ValueError(f"response_perplexity: {len(prompts)} prompts but {len(responses)} responses")
+    runner = runner or BlockRunner(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_ids = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
+    for i, ids in enumerate(prompt_ids):
+        if not ids:  # the first response token needs a context position to be predicted from
+            raise ValueError(f"response_perplexity: prompt {i} encodes to no tokens")
+    out = [[(0.0, 0)] * len(prompts) for _ in response_sets]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_batch([prompt_ids[i] for i in idx], int(pad), padding_side="left")
+        ids, mask = ids.to(runner.device), mask.to(runner.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = runner.new_cache()
+        embedded, rotary = runner.prologue(ids, positions)
+        h = runner.run_blocks(embedded, 0, runner.num_layers, position_ids=positions, attention_mask=mask,
+                              cache=cache, position_embeddings=rotary)
+        first = torch.log_softmax(runner.logits(h[:, -1]).float(), dim=-1)  # predicts each response's token 0
+        width, lengths = ids.shape[1], mask.sum(-1)
+        for s, responses in enumerate(response_sets):
+            r_ids = [encode_response(tokenizer, responses[i], add_eos=add_eos) for i in idx]
+            if not any(r_ids):
+                continue
+            rid, rmask = pad_batch([r or [int(pad)] for r in r_ids], int(pad), padding_side="right")
+            rmask = rmask * torch.tensor([[bool(r)] for r in r_ids], dtype=rmask.dtype)  # an empty row sees nothing new
+            rid, rmask = rid.to(runner.device), rmask.to(runner.device)
+            pos = lengths[:, None] + torch.arange(rid.shape[1], device=runner.device)
+            embedded, rotary = runner.prologue(rid, pos)
+            h = runner.run_blocks(embedded, 0, runner.num_layers, position_ids=pos,
+                                  attention_mask=torch.cat([mask, rmask], dim=1), cache=cache,
+                                  position_embeddings=rotary)
+            runner.crop_layers(cache, 0, width)
+            for row, i in enumerate(idx):
+                r = r_ids[row]
+                if not r:
+                    continue
+                target = torch.tensor(r, device=runner.device)
+                # token 0 is predicted by the last prompt row, token j >= 1 by response row j - 1
+                logp = torch.log_softmax(runner.logits(h[row, : len(r) - 1]).float(), dim=-1)
+                total = first[row, r[0]].double() + logp.gather(-1, target[1:, None]).double().sum()
+                out[s][i] = (float(-total), len(r))
+    return out
+
+
+def perplexity_from_sums(sums: Sequence[tuple[float, int]]) -> Perplexity:
+    """Per-response and corpus perplexity from (summed NLL, token count) pairs (each count > 0)."""
+    nll_sums = [s for s, _ in sums]
+    counts = [c for _, c in sums]
+    nll = [s / c for s, c in sums]
+    corpus = sum(nll_sums) / sum(counts) if counts else math.nan
+    return Perplexity(
+        nll=nll,
+        ppl=[math.exp(x) for x in nll],
+        n_tokens=counts,
+        corpus_nll=corpus,
+        corpus_ppl=math.exp(corpus) if counts else math.nan,
+    )
+
+
 def response_perplexity(
     model: Any,
     tokenizer: Any,
@@ -192,6 +277,7 @@ def response_perplexity(
     *,
     chat_template: bool = True,
     add_eos: bool = False,
+    runner: BlockRunner | None = None,
 ) -> Perplexity:
     """Perplexity of each response given its prompt (encoded as generation encodes it), and of the corpus.
 
@@ -201,42 +287,9 @@ def response_perplexity(
     """
     if len(prompts) != len(responses):
         raise ValueError(f"response_perplexity: {len(prompts)} prompts but {len(responses)} responses")
-    if batch_size < 1:
-        raise ValueError(f"response_perplexity: batch_size must be >= 1, got {batch_size}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    nll_sums: list[float] = []
-    counts: list[int] = []
-    for start in range(0, len(prompts), batch_size):
-        seqs, spans = [], []
-        for i in range(start, min(start + batch_size, len(prompts))):
-            p_ids = encode_prompt(tokenizer, prompts[i], chat_template)
-            r_ids = encode_response(tokenizer, responses[i], add_eos=add_eos)
-            if not r_ids:
-                raise ValueError(f"response_perplexity: response {i} has no tokens")
-            if not p_ids:  # the first response token needs a context position to be predicted from
-                raise ValueError(f"response_perplexity: prompt {i} encodes to no tokens")
-            seqs.append(p_ids + r_ids)
-            spans.append((len(p_ids), len(p_ids) + len(r_ids)))
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):  # right padding: positions 0.. match an unpadded forward pass
-            ids[row, : len(s)] = torch.tensor(s)
-            mask[row, : len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-        for row, (a, b) in enumerate(spans):
-            # token t is predicted at position t-1
-            nll_sums.append(float(-token_logp[row, a - 1 : b - 1].double().sum()))
-            counts.append(b - a)
-    nll = [s / c for s, c in zip(nll_sums, counts, strict=True)]
-    corpus = sum(nll_sums) / sum(counts) if counts else math.nan
-    return Perplexity(
-        nll=nll,
-        ppl=[math.exp(x) for x in nll],
-        n_tokens=counts,
-        corpus_nll=corpus,
-        corpus_ppl=math.exp(corpus) if counts else math.nan,
-    )
+    for i, r in enumerate(responses):
+        if not encode_response(tokenizer, r, add_eos=add_eos):
+            raise ValueError(f"response_perplexity: response {i} has no tokens")
+    sums = response_nll_sums(model, tokenizer, prompts, [responses], batch_size, chat_template=chat_template,
+                             add_eos=add_eos, runner=runner)[0]
+    return perplexity_from_sums(sums)

@@ -84,16 +84,82 @@ def _pad(seqs: Sequence[torch.Tensor], left: bool = False) -> tuple[torch.Tensor
     return out, mask
 
 
+class PromptPrefixCache:
+    """Upper-block keys/values of each example's prompt rows, computed once and reused for the whole stage.
+
+    Nothing before the insertion point depends on the bridge, so the prompt rows' keys/values in blocks
+    l*+1..L never change while the bridge trains: they are computed once per example, without autograd,
+    and reused by every step and epoch. The inject objective (prompt minus its last row, which carries the
+    delta) reuses the same entries: under causal attention the first M-1 rows' keys/values are a prefix
+    of the M-row ones. Entries are kept up to ``budget_bytes`` (about 23 KB per prompt token for the
+    embedded default); examples beyond the budget are recomputed for each batch.
+    """
+
+    def __init__(self, runner: BlockRunner, layer: int, budget_bytes: int):
+        self.runner, self.layer, self.budget = runner, layer, budget_bytes
+        self.entries: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.bytes = 0
+
+    @torch.no_grad()
+    def _compute(self, examples: Sequence[TargetExample]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per example and upper block: (keys, values) [heads, M, head_dim] of its M prompt rows."""
+        runner = self.runner
+        prefix, prefix_mask = _pad([e.prompt_states for e in examples], left=True)
+        positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = runner.new_cache()
+        runner.run_blocks(prefix, self.layer, runner.num_layers, position_ids=positions,
+                          attention_mask=prefix_mask.long(), cache=cache)
+        out = []
+        for i, e in enumerate(examples):
+            m = e.prompt_states.shape[0]  # left padding: row i's prompt is its last m columns
+            out.append([(layer.keys[i, :, -m:].clone(), layer.values[i, :, -m:].clone())
+                        for layer in cache.layers[self.layer:]])
+        return out
+
+    def _entries(self, batch: Sequence[TargetExample]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        missing = list({e.id: e for e in batch if e.id not in self.entries}.values())
+        fresh = dict(zip([e.id for e in missing], self._compute(missing), strict=True)) if missing else {}
+        for key, kv in fresh.items():
+            size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+            if self.bytes + size <= self.budget:
+                self.entries[key] = kv
+                self.bytes += size
+        return [self.entries.get(e.id) or fresh[e.id] for e in batch]
+
+    def batch_cache(self, batch: Sequence[TargetExample], drop_last: bool):
+        """(DynamicCache over blocks l*+1..L or None, left-padded prompt mask [B, W], prompt lengths [B])."""
+        dev = batch[0].prompt_states.device
+        lengths = torch.tensor([e.prompt_states.shape[0] - int(drop_last) for e in batch], device=dev)
+        width = int(lengths.max())
+        mask = (torch.arange(width, device=dev)[None] >= width - lengths[:, None]).long()
+        if width == 0:
+            return None, mask, lengths
+        entries = self._entries(batch)
+        cache = self.runner.new_cache()
+        for j in range(self.runner.num_layers - self.layer):
+            heads, dim = entries[0][j][0].shape[0], entries[0][j][0].shape[-1]
+            keys = entries[0][j][0].new_zeros(len(batch), heads, width, dim)
+            values = torch.zeros_like(keys)
+            for i, n in enumerate(lengths.tolist()):
+                if n:
+                    keys[i, :, width - n:] = entries[i][j][0][:, :n]
+                    values[i, :, width - n:] = entries[i][j][1][:, :n]
+            cache.update(keys, values, self.layer + j)
+        return cache, mask, lengths
+
+
 class BehaviourObjective:
     """Builds the guided upper-block forward for a batch and returns the stage-3 losses.
 
-    Nothing before the insertion point depends on the bridge, so the prompt rows run through the upper
-    blocks once, without autograd, into a KV cache (left-padded, as in decoding); only the rows after it
-    ([B; R] or the injected rows) are run with gradients. The result equals running the whole sequence.
+    Nothing before the insertion point depends on the bridge, so the prompt rows' upper-block keys/values
+    come from a ``PromptPrefixCache`` (computed once, without autograd, left-padded as in decoding); only
+    the rows after it ([B; R] or the injected rows) are run with gradients. The result equals running the
+    whole sequence.
     """
 
     def __init__(self, module: ValueModule, runner: BlockRunner, weights: tuple[float, float, float],
-                 lead: tuple[int, float] = (0, 1.0), benign_target: str = "dataset"):
+                 lead: tuple[int, float] = (0, 1.0), benign_target: str = "dataset",
+                 prefix_cache_mb: float = 2048.0):
         if benign_target not in ("dataset", "backbone"):
             raise ValueError(f"benign_target must be 'dataset' or 'backbone', got {benign_target!r}")
         self.module, self.runner = module, runner
@@ -101,24 +167,17 @@ class BehaviourObjective:
         self.w_ce, self.w_safe, self.w_reg = weights
         self.lead_tokens, self.lead_weight = lead
         self.benign_target = benign_target
+        self.prefixes = PromptPrefixCache(runner, self.layer, int(prefix_cache_mb * 2**20))
         self._base_top: dict[str, torch.Tensor] = {}  # example id -> the unguided backbone's [T, d] top states
         self._base_cache: tuple[tuple[str, ...], torch.Tensor] | None = None  # bridge and inject share a batch
 
-    def _upper(self, prefixes: Sequence[torch.Tensor], tails: Sequence[torch.Tensor]):
-        """Blocks l*+1..L on each [prefix; tail]; returns block l*+1's output and block L's output (tail rows)."""
+    def _upper(self, batch: Sequence[TargetExample], drop_last: bool, tails: Sequence[torch.Tensor]):
+        """Blocks l*+1..L on each [prompt (without its last row if ``drop_last``); tail]; returns block
+        l*+1's output and block L's output on the tail rows. The prompt rows come from the prefix cache."""
         runner, dev = self.runner, tails[0].device
         tail, tail_mask = _pad(tails)
-        lengths = torch.tensor([p.shape[0] for p in prefixes], device=dev)
-        cache = None
-        mask = tail_mask.long()
-        if int(lengths.max()) > 0:
-            prefix, prefix_mask = _pad(prefixes, left=True)
-            positions = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
-            cache = runner.new_cache()
-            with torch.no_grad():
-                runner.run_blocks(prefix, self.layer, runner.num_layers, position_ids=positions,
-                                  attention_mask=prefix_mask.long(), cache=cache)
-            mask = torch.cat([prefix_mask.long(), mask], dim=1)
+        cache, prefix_mask, lengths = self.prefixes.batch_cache(batch, drop_last)
+        mask = tail_mask.long() if cache is None else torch.cat([prefix_mask, tail_mask.long()], dim=1)
         positions = lengths[:, None] + torch.arange(tail.shape[1], device=dev)
         pe = runner.position_embeddings(positions)
         above = runner.run_blocks(tail, self.layer, self.layer + 1, position_ids=positions, attention_mask=mask,
@@ -142,7 +201,7 @@ class BehaviourObjective:
         missing = [e for e in batch if e.id not in self._base_top]
         if missing:
             tails = [torch.cat([e.prompt_states[-1:], e.response_states]) for e in missing]
-            _, top = self._upper([e.prompt_states[:-1] for e in missing], tails)
+            _, top = self._upper(missing, True, tails)
             for i, e in enumerate(missing):  # tail row j predicts response token j
                 self._base_top[e.id] = top[i, : len(e.response_ids)].clone()
         states = torch.cat([self._base_top[e.id] for e in batch])
@@ -190,7 +249,7 @@ class BehaviourObjective:
             z, _ = self.module.score(prompt, prompt_mask)
         bridge = self.module.bridge_tokens(h_v, z)  # [B, K, d], differentiable w.r.t. the bridge
         tails = [torch.cat([bridge[i], e.response_states]) for i, e in enumerate(batch)]
-        above, top = self._upper([e.prompt_states for e in batch], tails)
+        above, top = self._upper(batch, False, tails)
         out = self._losses(top, above, bridge.shape[1], batch, prompt, prompt_mask)
         out["reg"] = manifold_regulariser(bridge, h_v, self.module.config.reg_margin)
         out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
@@ -209,7 +268,7 @@ class BehaviourObjective:
                 z, _ = self.module.score(states[:, None], ones, ctx, prompt_mask[i: i + 1].expand(states.shape[0], -1))
             delta = torch.cat([self.module.inject_delta(z), states.new_zeros(1, states.shape[-1])])
             tails.append(torch.cat([e.prompt_states[-1:], e.response_states]) + delta)
-        above, top = self._upper([e.prompt_states[:-1] for e in batch], tails)
+        above, top = self._upper(batch, True, tails)
         out = self._losses(top, above, 1, batch, prompt, prompt_mask)
         out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"]
         return out
@@ -231,7 +290,8 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
         optimizer.param_groups[0]["params"] = [p for p in optimizer.param_groups[0]["params"] if p.requires_grad]
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     objective = BehaviourObjective(module, runner, (cfg.w_ce, cfg.w_safe, cfg.w_reg),
-                                   (cfg.ce_lead_tokens, cfg.ce_lead_weight), cfg.benign_target)
+                                   (cfg.ce_lead_tokens, cfg.ce_lead_weight), cfg.benign_target,
+                                   cfg.prefix_cache_mb)
     train = shard_for_rank(load_targets(store, frame, tokenizer, "train", cfg.max_response_tokens,
                                         cfg.max_train_rows, t.seed, device), session.rank, session.world_size)
     val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed, device)
