@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from svgt.backbone.adapter import LayerAdapter, resolve_layer
 from svgt.backbone.snapshot import BackboneManifest, load_snapshot
@@ -137,12 +138,33 @@ def pad_batch(
     return ids, mask
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens at the start of every sequence that are the same in all of them (a chat template's system
+    turn, say), leaving each sequence at least one token of its own."""
+    limit = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def batch_hidden_states(
-    adapter: LayerAdapter, sequences: Sequence[Sequence[int]], layer: int, pad_id: int, padding_side: str = "right"
+    adapter: LayerAdapter, sequences: Sequence[Sequence[int]], layer: int, pad_id: int, padding_side: str = "right",
+    min_shared_prefix: int = 8,
 ) -> list[torch.Tensor]:
-    """Layer-``layer`` states of each sequence, unpadded: a list of [len_i, d] tensors."""
+    """Layer-``layer`` states of each sequence, unpadded: a list of [len_i, d] tensors.
+
+    When the sequences start with at least ``min_shared_prefix`` identical tokens (every chat-templated
+    prompt of a model with a default system turn does: 24 tokens for SmolLM2), that prefix runs once into
+    a KV cache shared by the batch and only the rest of each sequence runs per row: under causal attention
+    the prefix's states do not depend on what follows, so the result is the same.
+    """
     device = next(adapter.model.parameters()).device
+    shared = shared_prefix_length(sequences) if len(sequences) > 1 else 0
+    if shared >= min_shared_prefix:
+        return _states_with_shared_prefix(adapter, sequences, shared, layer, pad_id, device)
     ids, mask = pad_batch(sequences, pad_id, padding_side)
     hidden = adapter.hidden_states_at(ids.to(device), mask.to(device), layer)
     out = []
@@ -151,6 +173,21 @@ def batch_hidden_states(
         rows = hidden[i, width - n :] if padding_side == "left" else hidden[i, :n]
         out.append(rows.float().cpu())
     return out
+
+
+def _states_with_shared_prefix(adapter: LayerAdapter, sequences: Sequence[Sequence[int]], shared: int, layer: int,
+                               pad_id: int, device: torch.device) -> list[torch.Tensor]:
+    prefix = torch.tensor([list(sequences[0][:shared])], device=device)
+    cache = DynamicCache()
+    prefix_states = adapter.hidden_states_at(prefix, torch.ones_like(prefix), layer, cache=cache)[0]
+    for cached in cache.layers:  # one copy of the prefix serves every row
+        cached.keys = cached.keys.expand(len(sequences), -1, -1, -1)
+        cached.values = cached.values.expand(len(sequences), -1, -1, -1)
+    ids, mask = pad_batch([s[shared:] for s in sequences], pad_id, "right")
+    mask = torch.cat([torch.ones(len(sequences), shared, dtype=mask.dtype), mask], dim=1)
+    hidden = adapter.hidden_states_at(ids.to(device), mask.to(device), layer, cache=cache)
+    head = prefix_states.float().cpu()
+    return [torch.cat([head, hidden[i, : len(seq) - shared].float().cpu()]) for i, seq in enumerate(sequences)]
 
 
 def _fingerprint(spec: ShardSpec, manifest: BackboneManifest, layer: int, cfg: ExtractConfig) -> str:

@@ -61,7 +61,7 @@ from transformers import PreTrainedModel
 from svgt.backbone.adapter import LayerAdapter
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt
-from svgt.extract import pad_batch
+from svgt.extract import pad_batch, shared_prefix_length
 
 StateFn = Callable[[torch.Tensor], torch.Tensor]
 PromptFn = Callable[[torch.Tensor, torch.Tensor], None]
@@ -224,16 +224,23 @@ class _CachedDecoder:
                                      attention_mask=mask, cache=self.cache)
         return self.runner.logits(out[:, -1])
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the prompt (and the first bridge); return next-token logits [B, V] and h(last prompt token)."""
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, shared: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt (and the first bridge); return next-token logits [B, V] and h(last prompt token).
+
+        ``shared`` > 0: the first ``shared`` columns are a token prefix common to every row (the layout is
+        [prefix | left-padded rest]); it runs once through all blocks and its cache is shared by the rows.
+        """
         self.prompt_mask, self.lengths = mask, mask.sum(-1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        prefix_h = self._shared_prefix(ids[:1, :shared], ids.shape[0]) if shared else None
+        ids, positions = ids[:, shared:], positions[:, shared:]
         embedded, rotary = self.runner.prologue(ids, positions)
         h = self.runner.run_blocks(embedded, 0, self.split, position_ids=positions, attention_mask=mask,
                                    cache=self.cache, position_embeddings=rotary)
         h_last = h[:, -1]
         if self.guidance.prompt_fn is not None:
-            self.guidance.prompt_fn(h.detach(), mask.bool())
+            states = h if prefix_h is None else torch.cat([prefix_h.expand(h.shape[0], -1, -1), h], dim=1)
+            self.guidance.prompt_fn(*_left_aligned(states.detach(), mask.bool()))
         method = self.guidance.method
         if method == "bridge":
             self.bridge = self.guidance.bridge(h_last)
@@ -246,6 +253,14 @@ class _CachedDecoder:
         else:
             hidden = h
         return self._upper(hidden, positions, mask), h_last
+
+    def _shared_prefix(self, prefix_ids: torch.Tensor, rows: int) -> torch.Tensor:
+        """The common prefix [1, P] through every block once, its cache shared by all ``rows``.
+
+        The prefix precedes everything a method changes (the bridge, the injected last prompt row), so
+        its keys/values are the same for every method; returns its layer-l* states [1, P, d].
+        """
+        return self.runner.run_shared_prefix(prefix_ids, rows, self.cache, self.split)
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed generated token y_t [B]; return logits for y_{t+1} [B, V] and h(y_t) [B, d]."""
@@ -289,6 +304,39 @@ class _CachedDecoder:
                                position_ids=self._positions(0, k), attention_mask=self._mask(k), cache=self.cache)
         for layer, (keys, values) in zip(upper_layers, tails, strict=True):
             layer.update(keys, values)
+
+
+def _left_aligned(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """States [B, W, d] and mask [B, W] with each row's real tokens moved to the right end (left padding),
+    whatever gaps the mask has: the layout every ``prompt_fn`` is promised."""
+    if bool((mask.flip(-1).cummin(-1).values == mask.flip(-1)).all()):
+        return states, mask  # already left-padded
+    out = states.new_zeros(states.shape)
+    aligned = torch.zeros_like(mask)
+    width = mask.shape[1]
+    for i in range(mask.shape[0]):
+        real = mask[i].nonzero().squeeze(-1)
+        out[i, width - len(real):] = states[i, real]
+        aligned[i, width - len(real):] = True
+    return out, aligned
+
+
+def prompt_layout(prompt_ids: Sequence[Sequence[int]], pad_id: int, min_shared: int | None = 8
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ids, mask, P): the batch as [shared prefix of P columns | left-padded rest of each prompt].
+
+    P is the longest token prefix common to every prompt (each keeps at least one token of its own); it
+    is used only when the batch has several rows and P >= ``min_shared`` (None: never). Otherwise P = 0
+    and the layout is plain left padding. Positions follow the mask, so the gap changes nothing.
+    """
+    shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 and min_shared is not None else 0
+    if min_shared is None or shared < min_shared:
+        shared = 0
+    ids, mask = pad_batch([p[shared:] for p in prompt_ids], pad_id, padding_side="left")
+    if shared:
+        ids = torch.cat([torch.tensor([list(prompt_ids[0][:shared])]).expand(len(prompt_ids), -1), ids], dim=1)
+        mask = torch.cat([torch.ones(len(prompt_ids), shared, dtype=mask.dtype), mask], dim=1)
+    return ids, mask, shared
 
 
 # ---------------------------------------------------------------- token selection
@@ -384,6 +432,7 @@ def guided_generate(
     prompt_fn: PromptFn | None = None,
     seed: int | None = None,
     runner: BlockRunner | None = None,
+    min_shared_prefix: int | None = 8,
 ) -> GenerationOutput:
     """Generate for a batch of prompts with SVGT guidance (see the module docstring for the semantics).
 
@@ -391,7 +440,9 @@ def guided_generate(
     ``chat_template``) or token id lists used as given. ``layer`` is l* (1-based; None: the default rule).
     ``stop_token_ids`` defaults to the tokenizer's EOS; ``()`` disables stop tokens. ``seed`` makes
     sampling reproducible through a private generator. Pass a prebuilt ``runner`` to skip its probe
-    forward when generating repeatedly with the same model.
+    forward when generating repeatedly with the same model. A token prefix shared by every prompt (a chat
+    template's system turn) of at least ``min_shared_prefix`` tokens is run once for the whole batch
+    (``prompt_layout``; None turns this off); the outputs are the same either way.
     """
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -406,13 +457,13 @@ def guided_generate(
     prompt_ids = _encode_prompts(tokenizer, prompts, chat_template)
     stop_ids = _stop_ids(tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = pad_batch(prompt_ids, int(pad_id), padding_side="left")
+    ids, mask, shared = prompt_layout(prompt_ids, int(pad_id), min_shared_prefix)
     ids, mask = ids.to(runner.device), mask.to(runner.device)
     generator = torch.Generator(device=runner.device).manual_seed(seed) if seed is not None else None
 
     decoder = _CachedDecoder(runner, layer, guidance, refresh_mode)
     start = time.perf_counter()
-    logits, h = decoder.prefill(ids, mask)
+    logits, h = decoder.prefill(ids, mask, shared)
     prefill_s = time.perf_counter() - start
     rows = _Rows.empty(len(prompt_ids))
     for step in range(max_new_tokens):

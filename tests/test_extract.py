@@ -7,7 +7,13 @@ from tiny import FAMILIES, canonical_frame, make_model, make_tokenizer, save_tin
 from svgt.backbone import LayerAdapter, build_snapshot, load_snapshot
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.config import BackboneConfig, ExtractConfig
-from svgt.extract import ExtractionError, HiddenStateStore, batch_hidden_states, extract_hidden_states
+from svgt.extract import (
+    ExtractionError,
+    HiddenStateStore,
+    batch_hidden_states,
+    extract_hidden_states,
+    shared_prefix_length,
+)
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is 12 times 7?",
            "Write a haiku about the sea, please, with waves and gulls and tide.", "Hi",
@@ -38,6 +44,30 @@ def test_batched_states_equal_plain_forward(family, padding_side, batch_size):
     for seq, h in zip(seqs, got, strict=True):
         assert h.shape == (len(seq), 32)
         torch.testing.assert_close(h, reference_states(model, seq, layer), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefix_runs_once_and_gives_the_same_states(family):
+    """Sequences that start with the same tokens (a chat template's system turn) run that prefix once into
+    a cache shared by the batch; every row's states must equal its own plain forward."""
+    tok = make_tokenizer()
+    model = make_model(family, len(tok))
+    adapter = LayerAdapter(model)
+    system = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]
+    seqs = [system + encode_prompt(tok, p) + encode_response(tok, "Sure.") for p in PROMPTS]
+    assert shared_prefix_length(seqs) >= len(system) >= 8
+    got = batch_hidden_states(adapter, seqs, 3, tok.pad_token_id)
+    plain = batch_hidden_states(adapter, seqs, 3, tok.pad_token_id, min_shared_prefix=10**6)
+    for seq, h, p in zip(seqs, got, plain, strict=True):
+        assert h.shape == (len(seq), 32)
+        torch.testing.assert_close(h, reference_states(model, seq, 3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(h, p, atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_length_leaves_every_sequence_a_token():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
 
 
 @pytest.fixture

@@ -324,3 +324,55 @@ def test_contract_violations_are_reported():
         generate("llama", LinearBridge(), inject_fn=linear_inject)
     with pytest.raises(GenerationError, match="refresh_mode"):
         generate("llama", LinearBridge(), refresh_mode="approximate")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["none", "bridge", "inject"])
+def test_shared_prompt_prefix_runs_once_and_changes_nothing(family, method):
+    """Prompts that start with the same tokens (a chat template's system turn) run that prefix once for
+    the batch ([prefix | left-padded rest] layout): logits, tokens, scores and the prompt states handed to
+    prompt_fn must equal the plain left-padded batch, also through exact refreshes."""
+    tok = tokenizer()
+    prefix = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]
+    prompts = [prefix + [int(i) for i in tok(p)["input_ids"]] for p in PROMPTS]
+    assert len(prefix) >= 8 and len({len(p) for p in prompts}) == len(prompts)
+
+    def run(min_shared):
+        seen = {}
+
+        def prompt_fn(states, mask):
+            seen["states"], seen["mask"] = states.clone(), mask.clone()
+
+        kwargs = {"bridge": LinearBridge(scale=2.0)} if method == "bridge" else {}
+        if method == "inject":
+            kwargs["inject_fn"] = linear_inject
+        out = generate(family, prompts=prompts, refresh_interval=3, min_shared_prefix=min_shared,
+                       prompt_fn=prompt_fn, score_fn=lambda h: h.sum(-1), **kwargs)
+        return out, seen
+
+    shared, seen_shared = run(8)
+    plain, seen_plain = run(None)
+    assert shared.token_ids == plain.token_ids
+    for a, b in zip(shared.logits, plain.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    for a, b in zip(shared.value_scores, plain.value_scores, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert torch.equal(seen_shared["mask"], seen_plain["mask"])
+    real = seen_plain["mask"]  # padded rows carry no meaning (masked everywhere)
+    torch.testing.assert_close(seen_shared["states"][real], seen_plain["states"][real], atol=ATOL, rtol=0)
+    if method == "bridge":
+        assert shared.timing.refreshes == plain.timing.refreshes == 2
+
+
+def test_prompt_layout_puts_the_shared_prefix_first():
+    from svgt.generation import prompt_layout
+
+    ids, mask, shared = prompt_layout([[5, 6, 7, 8, 1], [5, 6, 7, 8, 2, 3]], pad_id=0, min_shared=3)
+    assert shared == 4
+    assert ids.tolist() == [[5, 6, 7, 8, 0, 1], [5, 6, 7, 8, 2, 3]]
+    assert mask.tolist() == [[1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]]
+    ids, mask, shared = prompt_layout([[5, 6, 7, 8, 1], [5, 6, 7, 8, 2, 3]], pad_id=0, min_shared=5)
+    assert shared == 0 and ids.tolist() == [[0, 5, 6, 7, 8, 1], [5, 6, 7, 8, 2, 3]]
+    # a prompt that is all prefix keeps its last token as its own
+    _, _, shared = prompt_layout([[5, 6, 7], [5, 6, 7, 8]], pad_id=0, min_shared=1)
+    assert shared == 2

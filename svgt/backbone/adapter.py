@@ -7,6 +7,7 @@ count), never by model name, so any ``AutoModelForCausalLM`` decoder works.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,11 +65,13 @@ class LayerAdapter:
         return resolve_layer(layer, self.num_layers)
 
     @torch.no_grad()
-    def hidden_states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+    def hidden_states_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int, *,
+                         cache: Any | None = None) -> torch.Tensor:
         """Output of block ``layer`` for a padded batch, running only blocks 1..layer.
 
         Position ids follow the attention mask so left- and right-padded rows get the same positions
-        as when run alone.
+        as when run alone. With a ``cache`` (a ``DynamicCache`` holding earlier positions of every row),
+        ``attention_mask`` covers the cached positions plus ``input_ids`` and blocks 1..layer append to it.
         """
         block = self.decoder_layers()[layer - 1]
         captured: list[torch.Tensor] = []
@@ -77,10 +80,11 @@ class LayerAdapter:
             captured.append(output[0] if isinstance(output, tuple) else output)
             raise _StopForward
 
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         handle = block.register_forward_hook(hook)
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=cache, use_cache=cache is not None)
         except _StopForward:
             pass
         finally:

@@ -222,6 +222,26 @@ class BlockRunner:
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
+    def run_shared_prefix(self, prefix_ids: torch.Tensor, rows: int, cache: DynamicCache, split: int) -> torch.Tensor:
+        """Run a token prefix [1, P] common to ``rows`` sequences through every block into ``cache`` once and
+        share its keys/values with all rows; returns the output of block ``split`` (1-based count of
+        blocks run first; 0: the embeddings) for the prefix, [1, P, d].
+
+        Under causal attention a prefix's states do not depend on what follows it, so the rows can then
+        run only their own tokens (2D masks and positions covering the prefix columns too).
+        """
+        positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None]
+        ones = torch.ones_like(prefix_ids)
+        embedded, rotary = self.prologue(prefix_ids, positions)
+        h = self.run_blocks(embedded, 0, split, position_ids=positions, attention_mask=ones, cache=cache,
+                            position_embeddings=rotary)
+        self.run_blocks(h, split, self.num_layers, position_ids=positions, attention_mask=ones, cache=cache,
+                        position_embeddings=rotary)
+        for layer in cache.layers:  # one copy of the prefix serves every row (the first append copies)
+            layer.keys = layer.keys.expand(rows, -1, -1, -1)
+            layer.values = layer.values.expand(rows, -1, -1, -1)
+        return h
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head on the output of the last block."""
         return self.lm_head(self.final_norm(hidden))

@@ -19,6 +19,7 @@ import torch
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.extract import pad_batch
+from svgt.generation import prompt_layout
 
 if TYPE_CHECKING:  # judges import metrics; the verdict type is only needed for annotations
     from svgt.eval.judges.base import VerdictSet
@@ -199,10 +200,11 @@ def response_nll_sums(
     """(summed NLL in nats, token count) of each response given its prompt, for several sets of responses
     to the same prompts (``response_sets[s][i]`` answers ``prompts[i]``; an empty response gives (0.0, 0)).
 
-    Each batch of prompts (length-sorted, left-padded, encoded as generation encodes them) runs through
-    the model once into a KV cache; every set's responses to those prompts are then scored against that
-    cache, which is cropped back to the prompts after each set. The LM head runs only where a response
-    token is predicted (the last prompt row and the response rows), never over the prompts.
+    Each batch of prompts (length-sorted, left-padded, encoded as generation encodes them; a token prefix
+    common to the batch runs once) goes through the model once into a KV cache; every set's responses to
+    those prompts are then scored against that cache, which is cropped back to the prompts after each set.
+    The LM head runs only where a response token is predicted (the last prompt row and the response rows),
+    never over the prompts.
     """
     if batch_size < 1:
         raise ValueError(f"response_perplexity: batch_size must be >= 1, got {batch_size}")
@@ -219,11 +221,13 @@ def response_nll_sums(
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = pad_batch([prompt_ids[i] for i in idx], int(pad), padding_side="left")
+        ids, mask, shared = prompt_layout([prompt_ids[i] for i in idx], int(pad))  # a common prefix runs once
         ids, mask = ids.to(runner.device), mask.to(runner.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         cache = runner.new_cache()
-        embedded, rotary = runner.prologue(ids, positions)
+        if shared:
+            runner.run_shared_prefix(ids[:1, :shared], len(idx), cache, runner.num_layers)
+        embedded, rotary = runner.prologue(ids[:, shared:], positions)
         h = runner.run_blocks(embedded, 0, runner.num_layers, position_ids=positions, attention_mask=mask,
                               cache=cache, position_embeddings=rotary)
         first = torch.log_softmax(runner.logits(h[:, -1]).float(), dim=-1)  # predicts each response's token 0
