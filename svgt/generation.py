@@ -60,6 +60,7 @@ from transformers import PreTrainedModel
 
 from svgt.backbone.adapter import LayerAdapter
 from svgt.backbone.runner import BlockRunner
+from svgt.backbone.small_batch import small_batch_linears
 from svgt.backbone.text import encode_prompt
 from svgt.extract import pad_batch, shared_prefix_length
 
@@ -462,28 +463,30 @@ def guided_generate(
     generator = torch.Generator(device=runner.device).manual_seed(seed) if seed is not None else None
 
     decoder = _CachedDecoder(runner, layer, guidance, refresh_mode)
-    start = time.perf_counter()
-    logits, h = decoder.prefill(ids, mask, shared)
-    prefill_s = time.perf_counter() - start
-    rows = _Rows.empty(len(prompt_ids))
-    for step in range(max_new_tokens):
-        scores = _call_state_fn(score_fn, h, (h.shape[0],), "score_fn") if score_fn is not None else None
-        nxt = select_next(logits.float(), do_sample=do_sample, temperature=temperature, top_p=top_p,
-                          generator=generator)
-        for i in rows.active():
-            _record(rows, i, int(nxt[i]), logits[i] if return_scores else None,
-                    scores[i] if scores is not None else None, tokenizer, stop_ids, stop_strings)
-        if not rows.active() or step == max_new_tokens - 1:
-            break
-        # finished rows keep decoding a pad token; their outputs are ignored
-        feed = torch.tensor([row[-1] if f is None else int(pad_id) for row, f in zip(rows.tokens, rows.finish,
-                                                                                   strict=True)],
-                            device=runner.device)
-        logits, h = decoder.step(feed)
-    decode_s = time.perf_counter() - start - prefill_s
-    return _finish(rows, tokenizer, stop_strings, prompt_ids, return_scores, score_fn is not None,
-                   GenerationTiming(prefill_s, decode_s, sum(len(t) for t in rows.tokens), decoder.refreshes,
-                                    guidance.bridge_calls))
+    # decode steps run every linear on a few rows: weight-as-left-operand matmuls stream the weights faster
+    with small_batch_linears(model):
+        start = time.perf_counter()
+        logits, h = decoder.prefill(ids, mask, shared)
+        prefill_s = time.perf_counter() - start
+        rows = _Rows.empty(len(prompt_ids))
+        for step in range(max_new_tokens):
+            scores = _call_state_fn(score_fn, h, (h.shape[0],), "score_fn") if score_fn is not None else None
+            nxt = select_next(logits.float(), do_sample=do_sample, temperature=temperature, top_p=top_p,
+                              generator=generator)
+            for i in rows.active():
+                _record(rows, i, int(nxt[i]), logits[i] if return_scores else None,
+                        scores[i] if scores is not None else None, tokenizer, stop_ids, stop_strings)
+            if not rows.active() or step == max_new_tokens - 1:
+                break
+            # finished rows keep decoding a pad token; their outputs are ignored
+            feed = torch.tensor([row[-1] if f is None else int(pad_id) for row, f in zip(rows.tokens, rows.finish,
+                                                                                       strict=True)],
+                                device=runner.device)
+            logits, h = decoder.step(feed)
+        decode_s = time.perf_counter() - start - prefill_s
+        return _finish(rows, tokenizer, stop_strings, prompt_ids, return_scores, score_fn is not None,
+                       GenerationTiming(prefill_s, decode_s, sum(len(t) for t in rows.tokens), decoder.refreshes,
+                                        guidance.bridge_calls))
 
 
 def _record(rows: _Rows, i: int, token: int, logits: torch.Tensor | None, score: torch.Tensor | None,
