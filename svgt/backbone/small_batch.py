@@ -2,9 +2,10 @@
 
 Decoding runs every ``nn.Linear`` of the backbone on a handful of rows (the batch), so each step streams
 all the weights from memory once. On CPU, torch's default ``x @ W.T`` (MKL sgemm with a transposed right
-operand) re-packs ``W`` on every call and streams it at 4-7 GB/s on the 2-core reference machine, whose
-memory delivers ~25 GB/s; ``(W @ x.T).T`` reads ``W`` in place and is 1.4-1.7x faster for 8 to 64 rows
-(``benchmarks/bench_small_batch_linear.py``). The result is the same product up to float rounding.
+operand) re-packs ``W`` on every call and streams it at 3-8 GB/s on the 2-core reference machine, whose
+memory delivers ~25 GB/s; ``(W @ x.T).T`` reads ``W`` in place and was 1.1-1.7x faster for 8 to 128 rows
+across runs (``benchmarks/bench_small_batch_linear.py``), equal at 1 row. The result is the same product
+up to float rounding.
 
 ``small_batch_linears(model)`` switches a model's plain ``nn.Linear`` layers to that form for inputs of
 at most ``max_rows`` rows, for the duration of a ``with`` block, and restores them on exit.
