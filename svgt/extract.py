@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from svgt.backbone.adapter import LayerAdapter, resolve_layer
+from svgt.backbone.runner import share_cache_rows
 from svgt.backbone.snapshot import BackboneManifest, load_snapshot
 from svgt.backbone.sources import DTYPES
 from svgt.backbone.text import encode_prompt, encode_response
@@ -180,9 +181,7 @@ def _states_with_shared_prefix(adapter: LayerAdapter, sequences: Sequence[Sequen
     prefix = torch.tensor([list(sequences[0][:shared])], device=device)
     cache = DynamicCache()
     prefix_states = adapter.hidden_states_at(prefix, torch.ones_like(prefix), layer, cache=cache)[0]
-    for cached in cache.layers:  # one copy of the prefix serves every row
-        cached.keys = cached.keys.expand(len(sequences), -1, -1, -1)
-        cached.values = cached.values.expand(len(sequences), -1, -1, -1)
+    share_cache_rows(cache, len(sequences))
     ids, mask = pad_batch([s[shared:] for s in sequences], pad_id, "right")
     mask = torch.cat([torch.ones(len(sequences), shared, dtype=mask.dtype), mask], dim=1)
     hidden = adapter.hidden_states_at(ids.to(device), mask.to(device), layer, cache=cache)

@@ -233,7 +233,9 @@ class _CachedDecoder:
         """
         self.prompt_mask, self.lengths = mask, mask.sum(-1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        prefix_h = self._shared_prefix(ids[:1, :shared], ids.shape[0]) if shared else None
+        # the prefix precedes everything a method changes (bridge, injected last row): same for every method
+        prefix_h = self.runner.run_shared_prefix(ids[:1, :shared], ids.shape[0], self.cache, self.split) if shared \
+            else None
         ids, positions = ids[:, shared:], positions[:, shared:]
         embedded, rotary = self.runner.prologue(ids, positions)
         h = self.runner.run_blocks(embedded, 0, self.split, position_ids=positions, attention_mask=mask,
@@ -254,14 +256,6 @@ class _CachedDecoder:
         else:
             hidden = h
         return self._upper(hidden, positions, mask), h_last
-
-    def _shared_prefix(self, prefix_ids: torch.Tensor, rows: int) -> torch.Tensor:
-        """The common prefix [1, P] through every block once, its cache shared by all ``rows``.
-
-        The prefix precedes everything a method changes (the bridge, the injected last prompt row), so
-        its keys/values are the same for every method; returns its layer-l* states [1, P, d].
-        """
-        return self.runner.run_shared_prefix(prefix_ids, rows, self.cache, self.split)
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed generated token y_t [B]; return logits for y_{t+1} [B, V] and h(y_t) [B, d]."""
@@ -331,8 +325,7 @@ def prompt_layout(prompt_ids: Sequence[Sequence[int]], pad_id: int, min_shared: 
     and the layout is plain left padding. Positions follow the mask, so the gap changes nothing.
     """
     shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 and min_shared is not None else 0
-    if min_shared is None or shared < min_shared:
-        shared = 0
+    shared = shared if min_shared is not None and shared >= min_shared else 0
     ids, mask = pad_batch([p[shared:] for p in prompt_ids], pad_id, padding_side="left")
     if shared:
         ids = torch.cat([torch.tensor([list(prompt_ids[0][:shared])]).expand(len(prompt_ids), -1), ids], dim=1)

@@ -242,6 +242,18 @@ def test_response_nll_sums_shares_each_prompt_across_response_sets():
     sets = [["Mix flour and water.", "It is 84.", "Hello there, friend"],
             ["", "Eighty four, and the capital of France is Paris.", "Hey"]]
     both = response_nll_sums(model, tok, prompts, sets, batch_size=2)
+    _check_against_single(model, tok, prompts, sets, both)
+    # prompts opening with a common system turn: the shared-prefix path (run once, then each prompt's rest)
+    system = "You are a careful assistant. Answer briefly and well. "
+    long_prompts = [system + p for p in prompts]
+    from svgt.generation import prompt_layout
+
+    assert prompt_layout([encode_prompt(tok, p) for p in long_prompts[:2]], 0)[2] >= 8
+    _check_against_single(model, tok, long_prompts, sets, response_nll_sums(model, tok, long_prompts, sets,
+                                                                             batch_size=2))
+
+
+def _check_against_single(model, tok, prompts, sets, both):
     for s, responses in enumerate(sets):
         for i, r in enumerate(responses):
             if not r:

@@ -336,6 +336,9 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(family, method):
     prefix = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]
     prompts = [prefix + [int(i) for i in tok(p)["input_ids"]] for p in PROMPTS]
     assert len(prefix) >= 8 and len({len(p) for p in prompts}) == len(prompts)
+    from svgt.generation import prompt_layout
+
+    assert prompt_layout(prompts, 0)[2] >= len(prefix)  # the shared path is the one under test
 
     def run(min_shared):
         seen = {}

@@ -126,6 +126,14 @@ def _probe(model: PreTrainedModel, layers: nn.ModuleList, device: torch.device) 
     return _ProbeResult(final_norm=norm, has_position_embeddings="position_embeddings" in seen["block_kwargs"])
 
 
+def share_cache_rows(cache: DynamicCache, rows: int) -> None:
+    """Make a one-row cache (a prefix common to every row) serve ``rows`` rows without copying it; the
+    first append of each layer then materialises the batch."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(rows, -1, -1, -1)
+        layer.values = layer.values.expand(rows, -1, -1, -1)
+
+
 class BlockRunner:
     """Embed, run decoder block ranges with a shared ``DynamicCache``, and project to logits.
 
@@ -237,9 +245,7 @@ class BlockRunner:
                             position_embeddings=rotary)
         self.run_blocks(h, split, self.num_layers, position_ids=positions, attention_mask=ones, cache=cache,
                         position_embeddings=rotary)
-        for layer in cache.layers:  # one copy of the prefix serves every row (the first append copies)
-            layer.keys = layer.keys.expand(rows, -1, -1, -1)
-            layer.values = layer.values.expand(rows, -1, -1, -1)
+        share_cache_rows(cache, rows)
         return h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -245,15 +245,18 @@ def response_nll_sums(
                                   attention_mask=torch.cat([mask, rmask], dim=1), cache=cache,
                                   position_embeddings=rotary)
             runner.crop_layers(cache, 0, width)
+            # token 0 is predicted by the last prompt row, token j >= 1 by response row j - 1: one LM-head
+            # call on exactly those rows of the whole batch
+            counts = torch.tensor([len(r) for r in r_ids], device=runner.device)
+            predicts = torch.arange(rid.shape[1] - 1, device=runner.device)[None] < (counts[:, None] - 1)
+            logp = torch.log_softmax(runner.logits(h[:, :-1][predicts]).float(), dim=-1)
+            later = logp.gather(-1, rid[:, 1:][predicts][:, None]).squeeze(-1).double()
+            later_sums = torch.zeros(len(idx), dtype=torch.float64, device=runner.device)
+            later_sums.index_add_(0, predicts.nonzero()[:, 0], later)
             for row, i in enumerate(idx):
                 r = r_ids[row]
-                if not r:
-                    continue
-                target = torch.tensor(r, device=runner.device)
-                # token 0 is predicted by the last prompt row, token j >= 1 by response row j - 1
-                logp = torch.log_softmax(runner.logits(h[row, : len(r) - 1]).float(), dim=-1)
-                total = first[row, r[0]].double() + logp.gather(-1, target[1:, None]).double().sum()
-                out[s][i] = (float(-total), len(r))
+                if r:
+                    out[s][i] = (float(-(first[row, r[0]].double() + later_sums[row])), len(r))
     return out
 
 
