@@ -186,6 +186,7 @@ class EvaluateConfig:
     max_new_tokens: int = 40
     batch_size: int = 8
     max_batch_tokens: int = 4096  # rows x longest prompt per decode batch (length-sorted across the prompt sets)
+    prefill_tokens: int | None = None  # padded tokens per prompt-pass group within a decode batch (None: one group)
     methods: list[Literal["none", "system-prompt", "dpo-lora", "iti", "re-control", "conva", "neva", "svgt-inject",
                           "svgt"]] = field(default_factory=lambda: ["none", "svgt", "svgt-inject"])
     harm_judge: Literal["classifier", "wildguard", "llama-guard-3", "harmbench"] = "classifier"

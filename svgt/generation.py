@@ -56,10 +56,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from svgt.backbone.adapter import LayerAdapter
-from svgt.backbone.runner import BlockRunner
+from svgt.backbone.runner import BlockRunner, clone_cache, merge_left_padded
 from svgt.backbone.small_batch import small_batch_linears
 from svgt.backbone.text import encode_prompt
 from svgt.extract import pad_batch, shared_prefix_length
@@ -220,42 +220,110 @@ class _CachedDecoder:
         """Per-row positions M_i + offset .. M_i + offset + count - 1: [B, count]."""
         return self.lengths[:, None] + offset + torch.arange(count, device=self.lengths.device)
 
-    def _upper(self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _upper(self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
+               cache: DynamicCache | None = None) -> torch.Tensor:
         out = self.runner.run_blocks(hidden, self.split, self.runner.num_layers, position_ids=position_ids,
-                                     attention_mask=mask, cache=self.cache)
+                                     attention_mask=mask, cache=self.cache if cache is None else cache)
         return self.runner.logits(out[:, -1])
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, shared: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the prompt (and the first bridge); return next-token logits [B, V] and h(last prompt token).
+    def prefill(self, groups: Sequence[PromptGroup], prompt_cache: PromptPassCache | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompts (and the first bridge); return next-token logits [B, V] and h(last prompt token).
 
-        ``shared`` > 0: the first ``shared`` columns are a token prefix common to every row (the layout is
-        [prefix | left-padded rest]); it runs once through all blocks and its cache is shared by the rows.
+        The batch is the concatenation of ``groups`` (consecutive rows, each in its own layout, see
+        ``PromptGroup``). Each group runs the lower blocks on its own; the guidance callables then see the
+        whole batch at once; each group runs the upper blocks; finally the groups' caches are left-padded to
+        a common width and merged, so decoding runs one batch. Padding changes nothing but the cost.
         """
-        self.prompt_mask, self.lengths = mask, mask.sum(-1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # the prefix precedes everything a method changes (bridge, injected last row): same for every method
-        prefix_h = self.runner.run_shared_prefix(ids[:1, :shared], ids.shape[0], self.cache, self.split) if shared \
-            else None
-        ids, positions = ids[:, shared:], positions[:, shared:]
-        embedded, rotary = self.runner.prologue(ids, positions)
-        h = self.runner.run_blocks(embedded, 0, self.split, position_ids=positions, attention_mask=mask,
-                                   cache=self.cache, position_embeddings=rotary)
-        h_last = h[:, -1]
+        passes = [self._plain_pass(g, prompt_cache) for g in groups] if prompt_cache is not None else None
+        lower = [(p.h, p.full) for p in passes] if passes is not None else [self._lower(g) for g in groups]
+        width = max(g.mask.shape[1] for g in groups)
+        mask = torch.cat([_pad_left(g.mask, width) for g in groups])
+        h_last = torch.cat([h[:, -1] for h, _ in lower])
         if self.guidance.prompt_fn is not None:
-            states = h if prefix_h is None else torch.cat([prefix_h.expand(h.shape[0], -1, -1), h], dim=1)
+            states = torch.cat([_pad_left(full, width) for _, full in lower]) if len(groups) > 1 else lower[0][1]
             self.guidance.prompt_fn(*_left_aligned(states.detach(), mask.bool()))
         method = self.guidance.method
+        extra = None
         if method == "bridge":
-            self.bridge = self.guidance.bridge(h_last)
-            hidden = torch.cat([h, self.bridge], dim=1)
-            positions = torch.cat([positions, self._positions(0, self.k)], dim=1)
-            mask = self._mask(self.k)
+            self.bridge = extra = self.guidance.bridge(h_last)
         elif method == "inject":
+            extra = self.guidance.delta(h_last)
+        logits, start = [], 0
+        for g, (h, _) in zip(groups, lower, strict=True):
+            rows = slice(start, start + g.mask.shape[0])
+            start = rows.stop
+            rows_extra = None if extra is None else extra[rows]
+            logits.append(self._upper_prompt(g, h, rows_extra) if passes is None else
+                          self._after_plain_pass(g, passes[len(logits)], rows_extra))
+        self.cache = merge_left_padded([g.cache for g in groups])
+        self.prompt_mask, self.lengths = mask, mask.sum(-1)
+        return torch.cat(logits), h_last
+
+    def _lower(self, group: PromptGroup) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks 1..l* on one group: (states of its own columns, states of all its columns incl. the prefix)."""
+        ids, mask, shared = group.ids, group.mask, group.shared
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # the prefix precedes everything a method changes (bridge, injected last row): same for every method
+        prefix_h = self.runner.run_shared_prefix(ids[:1, :shared], ids.shape[0], group.cache, self.split) \
+            if shared else None
+        embedded, rotary = self.runner.prologue(ids[:, shared:], positions[:, shared:])
+        h = self.runner.run_blocks(embedded, 0, self.split, position_ids=positions[:, shared:], attention_mask=mask,
+                                   cache=group.cache, position_embeddings=rotary)
+        full = h if prefix_h is None else torch.cat([prefix_h.expand(h.shape[0], -1, -1), h], dim=1)
+        return h, full
+
+    def _plain_pass(self, group: PromptGroup, prompt_cache: PromptPassCache) -> _PlainPass:
+        """The group's plain prompt pass, from ``prompt_cache`` or computed (and kept) now; the group gets a
+        private copy of its keys/values to decode with."""
+        key = PromptPassCache.key(group, self.split)
+        found = prompt_cache._entries.get(key)
+        if found is None:
+            h, full = self._lower(group)
+            positions = (group.mask.cumsum(-1) - 1).clamp(min=0)[:, group.shared:]
+            top = self.runner.run_blocks(h, self.split, self.runner.num_layers, position_ids=positions,
+                                         attention_mask=group.mask, cache=group.cache)
+            found = prompt_cache._entries[key] = _PlainPass(group.cache, h, full, top[:, -1])
+        else:
+            prompt_cache.hits += 1
+        group.cache = clone_cache(found.cache)
+        return found
+
+    def _after_plain_pass(self, group: PromptGroup, plain: _PlainPass, extra: torch.Tensor | None) -> torch.Tensor:
+        """Next-token logits after a plain prompt pass: the bridge rows run against the prompt's keys/values;
+        an injected last row replaces the plain one (its upper-block keys/values are cropped first)."""
+        mask = group.mask
+        lengths = mask.sum(-1)
+        if self.guidance.method == "bridge":
+            assert extra is not None
+            k = extra.shape[1]
+            positions = lengths[:, None] + torch.arange(k, device=mask.device)
+            return self._upper(extra, positions, torch.cat([mask, mask.new_ones((mask.shape[0], k))], dim=1),
+                               group.cache)
+        if self.guidance.method == "inject":
+            assert extra is not None
+            self.runner.crop_layers(group.cache, self.split, mask.shape[1] - 1)
+            return self._upper((plain.h[:, -1] + extra)[:, None], (lengths - 1)[:, None], mask, group.cache)
+        return self.runner.logits(plain.top_last)
+
+    def _upper_prompt(self, group: PromptGroup, h: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """Blocks l*+1..L on one group's own columns, plus its bridge rows or injected last row."""
+        mask, shared = group.mask, group.shared
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        if self.guidance.method == "bridge":
+            assert extra is not None
+            k = extra.shape[1]
+            lengths = mask.sum(-1)
+            hidden = torch.cat([h, extra], dim=1)
+            positions = torch.cat([positions, lengths[:, None] + torch.arange(k, device=mask.device)], dim=1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], k))], dim=1)
+        elif self.guidance.method == "inject":
+            assert extra is not None
             hidden = h.clone()
-            hidden[:, -1] += self.guidance.delta(h_last)
+            hidden[:, -1] += extra
         else:
             hidden = h
-        return self._upper(hidden, positions, mask), h_last
+        return self._upper(hidden, positions, mask, group.cache)
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed generated token y_t [B]; return logits for y_{t+1} [B, V] and h(y_t) [B, d]."""
@@ -314,6 +382,91 @@ def _left_aligned(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
         out[i, width - len(real):] = states[i, real]
         aligned[i, width - len(real):] = True
     return out, aligned
+
+
+def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, W, ...] -> [B, width, ...] with zeros in front (masks: False/0)."""
+    pad = [0, 0] * (x.dim() - 2) + [width - x.shape[1], 0]
+    return torch.nn.functional.pad(x, pad)
+
+
+@dataclass
+class PromptGroup:
+    """Consecutive rows of a batch that are prefilled together, in ``prompt_layout``'s layout."""
+
+    ids: torch.Tensor  # [B_g, W_g]
+    mask: torch.Tensor  # [B_g, W_g]
+    shared: int  # leading columns common to every row of the group
+    cache: DynamicCache = field(default_factory=DynamicCache)
+
+
+@dataclass
+class _PlainPass:
+    """One prompt group through every block of the unmodified backbone (no bridge, no injection)."""
+
+    cache: DynamicCache  # keys/values of every block over the group's columns
+    h: torch.Tensor  # layer-l* states of the group's own columns (after the shared prefix)
+    full: torch.Tensor  # layer-l* states of all its columns
+    top_last: torch.Tensor  # block L's output at the last column [B_g, d]
+
+
+class PromptPassCache:
+    """Plain prompt passes kept by (prompt tokens, layout, l*), for reuse across guidance methods.
+
+    Methods that leave the backbone's blocks unmodified (unguided, SVGT, SVGT-Inject, and methods that
+    only edit the LM head's input) compute the same keys/values on the prompt: the bridge and the
+    injected delta come after it. Passing one cache to each of them runs every prompt once. Do not pass
+    it while a method changes the blocks (hooks, LoRA): the entries would be reused as if unchanged.
+    Entries hold every block's keys/values of the prompts (~46 KB per token for SmolLM2-135M): call
+    ``clear`` when done.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, _PlainPass] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    @staticmethod
+    def key(group: PromptGroup, split: int) -> tuple:
+        return (split, group.shared, tuple(map(tuple, group.ids.tolist())), tuple(map(tuple, group.mask.tolist())))
+
+
+PREFILL_PADDING_SLACK = 1.25  # a prefill group's padded size stays within this factor of its real tokens
+
+
+def prompt_groups(prompt_ids: Sequence[Sequence[int]], pad_id: int, min_shared: int | None = 8,
+                  max_tokens: int | None = None, device: torch.device | str = "cpu") -> list[PromptGroup]:
+    """Cut the batch (in its order) into prefill groups of consecutive rows.
+
+    ``max_tokens`` None: one group. Otherwise a group grows while its padded size (rows x longest) stays
+    within ``max_tokens`` and within ``PREFILL_PADDING_SLACK`` x its real tokens (a longer single row gets
+    a group of its own). The prefill is compute-bound, so padding costs what real tokens cost; with the
+    rows sorted by length (the caller's choice) the groups waste little. Decoding still runs all rows
+    as one batch.
+    """
+    cuts: list[list[int]] = []
+    for i, ids in enumerate(prompt_ids):
+        cur = cuts[-1] if cuts else None
+        if cur is not None and max_tokens is not None:
+            longest = max(len(ids), *(len(prompt_ids[j]) for j in cur))
+            real = len(ids) + sum(len(prompt_ids[j]) for j in cur)
+            padded = (len(cur) + 1) * longest
+            if padded > max_tokens or padded > PREFILL_PADDING_SLACK * real:
+                cur = None
+        if cur is None:
+            cuts.append([i])
+        else:
+            cur.append(i)
+    groups = []
+    for rows in cuts:
+        ids, mask, shared = prompt_layout([prompt_ids[j] for j in rows], pad_id, min_shared)
+        groups.append(PromptGroup(ids.to(device), mask.to(device), shared))
+    return groups
 
 
 def prompt_layout(prompt_ids: Sequence[Sequence[int]], pad_id: int, min_shared: int | None = 8
@@ -427,6 +580,8 @@ def guided_generate(
     seed: int | None = None,
     runner: BlockRunner | None = None,
     min_shared_prefix: int | None = 8,
+    prefill_tokens: int | None = None,
+    prompt_cache: PromptPassCache | None = None,
 ) -> GenerationOutput:
     """Generate for a batch of prompts with SVGT guidance (see the module docstring for the semantics).
 
@@ -436,7 +591,12 @@ def guided_generate(
     sampling reproducible through a private generator. Pass a prebuilt ``runner`` to skip its probe
     forward when generating repeatedly with the same model. A token prefix shared by every prompt (a chat
     template's system turn) of at least ``min_shared_prefix`` tokens is run once for the whole batch
-    (``prompt_layout``; None turns this off); the outputs are the same either way.
+    (``prompt_layout``; None turns this off); the outputs are the same either way. ``prefill_tokens``
+    splits the prompt pass into groups of consecutive rows (``prompt_groups``: at most that many padded
+    tokens each, little padding) whose caches are then merged for one decode batch: pass prompts sorted
+    by length to make a batch of very different prompt lengths cheap; the outputs are the same.
+    ``prompt_cache`` reuses plain prompt passes across calls and methods (see ``PromptPassCache`` for
+    when that is valid); the outputs are the same.
     """
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -451,15 +611,14 @@ def guided_generate(
     prompt_ids = _encode_prompts(tokenizer, prompts, chat_template)
     stop_ids = _stop_ids(tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask, shared = prompt_layout(prompt_ids, int(pad_id), min_shared_prefix)
-    ids, mask = ids.to(runner.device), mask.to(runner.device)
+    groups = prompt_groups(prompt_ids, int(pad_id), min_shared_prefix, prefill_tokens, runner.device)
     generator = torch.Generator(device=runner.device).manual_seed(seed) if seed is not None else None
 
     decoder = _CachedDecoder(runner, layer, guidance, refresh_mode)
     # decode steps run every linear on a few rows: weight-as-left-operand matmuls stream the weights faster
     with small_batch_linears(model):
         start = time.perf_counter()
-        logits, h = decoder.prefill(ids, mask, shared)
+        logits, h = decoder.prefill(groups, prompt_cache)
         prefill_s = time.perf_counter() - start
         rows = _Rows.empty(len(prompt_ids))
         for step in range(max_new_tokens):

@@ -48,6 +48,12 @@ class GuidanceMethod:
     module: ValueModule | None = None
     baseline: Baseline | None = None
 
+    @property
+    def plain_prompt_pass(self) -> bool:
+        """Whether the method runs the prompt through the unmodified backbone (the bridge or delta comes
+        after it), so a ``PromptPassCache`` may serve it."""
+        return self.baseline.plain_prompt_pass if self.baseline is not None else True
+
     def generate(self, model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str], *,
                  runner: BlockRunner | None = None, **kwargs: Any) -> GenerationOutput:
         if self.baseline is not None:

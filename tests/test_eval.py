@@ -90,6 +90,15 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     for row in (r for r in rows if r["method"] == "none"):
         alone = generate_with_module(model, tok, [row["prompt"]], module=None, method="none", max_new_tokens=4)
         assert alone.texts[0] == row["response"]
+    # svgt and svgt-inject decoded from the prompt passes that none computed (PromptPassCache): the same
+    # answers as a batch of their own
+    for name in ("svgt", "svgt-inject"):
+        mine = [r for r in rows if r["method"] == name]
+        alone = generate_with_module(model, tok, [r["prompt"] for r in mine], module=module, method=name,
+                                     max_new_tokens=4)
+        assert alone.texts == [r["response"] for r in mine]
+    assert on_disk["methods"]["svgt"]["decode_ms_per_token"] > 0
+    assert 0 <= on_disk["methods"]["svgt"]["prefill_seconds"] <= on_disk["methods"]["svgt"]["seconds"]
     report = (tmp_path / "eval.md").read_text()
     assert "refusal-phrases-v1" in report
     rows_at = [report.index(f"| {m} |") for m in methods]  # the main table keeps the paper's method order
@@ -132,22 +141,28 @@ def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt()
     from types import SimpleNamespace
 
     from svgt.eval.guidance_eval import generate_sets
+    from svgt.generation import PromptPassCache
 
     batches = []
 
     class Echo:
         name = "echo"
 
-        def generate(self, model, tokenizer, prompts, *, runner, max_new_tokens, return_scores=False):
+        plain_prompt_pass = False
+
+        def generate(self, model, tokenizer, prompts, *, runner, max_new_tokens, prefill_tokens, prompt_cache,
+                     return_scores=False):
+            assert prefill_tokens == cfg.prefill_tokens and prompt_cache is None  # not a plain-pass method
             batches.append((list(prompts), return_scores))
             return SimpleNamespace(texts=[p.upper() for p in prompts], token_ids=[[1] * len(p) for p in prompts],
-                                   timing=SimpleNamespace(refreshes=0),
+                                   timing=SimpleNamespace(refreshes=0, prefill_s=0.0),
                                    value_scores=[[float(len(p))] for p in prompts] if return_scores else None)
 
     prompts = ["a" * n for n in (9, 2, 7, 1, 5, 3)]
-    cfg = EvaluateConfig(batch_size=3, max_batch_tokens=16, max_new_tokens=4)
+    cfg = EvaluateConfig(batch_size=3, max_batch_tokens=16, max_new_tokens=4, prefill_tokens=8)
     sets = {"harmful": prompts, "benign": ["b" * 4, "b"], "lookalike": ["c" * 12]}
-    run = generate_sets(Echo(), None, None, None, sets, cfg, with_scores=True, length=len)
+    run = generate_sets(Echo(), None, None, None, sets, cfg, with_scores=True, length=len,
+                        prompt_cache=PromptPassCache())
     # sorted by length across sets: 1,1,2 | 3,4,5 (3 rows) | 7 | 9 (2 x 9 > 16) | 12
     assert [sorted(map(len, b)) for b, _ in batches] == [[1, 1, 2], [3, 4, 5], [7], [9], [12]]
     assert [scored for _, scored in batches] == [True, True, True, True, False]  # scores only where harmful rows are

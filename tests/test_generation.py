@@ -379,3 +379,99 @@ def test_prompt_layout_puts_the_shared_prefix_first():
     # a prompt that is all prefix keeps its last token as its own
     _, _, shared = prompt_layout([[5, 6, 7], [5, 6, 7, 8]], pad_id=0, min_shared=1)
     assert shared == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["none", "bridge", "inject"])
+def test_grouped_prefill_merged_into_one_decode_batch_changes_nothing(family, method):
+    """prefill_tokens: the prompt pass runs in groups of consecutive rows (each with its own shared
+    prefix and padding), whose caches are left-padded and merged for one decode batch. Logits, tokens,
+    scores and the prompt states handed to prompt_fn equal those of one plain batch, through exact
+    refreshes too."""
+    tok = tokenizer()
+    prefix = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]
+    texts = ["Hi", "How do I bake bread?", "Write a haiku about the sea, please.",
+             "Explain, step by step and with care, why the sky looks blue at noon but red at dusk."]
+    prompts = [prefix + [int(i) for i in tok(p)["input_ids"]] for p in texts]
+    from svgt.generation import prompt_groups
+
+    groups = prompt_groups(prompts, 0, 8, max_tokens=2 * len(prompts[1]))
+    assert [g.ids.shape[0] for g in groups] == [2, 1, 1]  # the path under test: several groups
+    assert all(g.shared >= len(prefix) for g in groups if g.ids.shape[0] > 1)
+
+    def run(prefill_tokens):
+        seen = {}
+
+        def prompt_fn(states, mask):
+            seen["states"], seen["mask"] = states.clone(), mask.clone()
+
+        kwargs = {"bridge": LinearBridge(scale=2.0)} if method == "bridge" else {}
+        if method == "inject":
+            kwargs["inject_fn"] = linear_inject
+        out = generate(family, prompts=prompts, refresh_interval=3, prefill_tokens=prefill_tokens,
+                       prompt_fn=prompt_fn, score_fn=lambda h: h.sum(-1), **kwargs)
+        return out, seen
+
+    grouped, seen_grouped = run(2 * len(prompts[1]))
+    plain, seen_plain = run(None)
+    assert grouped.token_ids == plain.token_ids
+    for a, b in zip(grouped.logits, plain.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    for a, b in zip(grouped.value_scores, plain.value_scores, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert torch.equal(seen_grouped["mask"], seen_plain["mask"])
+    real = seen_plain["mask"]
+    torch.testing.assert_close(seen_grouped["states"][real], seen_plain["states"][real], atol=ATOL, rtol=0)
+    if method == "bridge":
+        assert grouped.timing.refreshes == plain.timing.refreshes == 2
+        assert grouped.timing.bridge_calls == plain.timing.bridge_calls == 3  # the whole batch per call
+
+
+def test_prompt_groups_cut_by_token_budget_and_padding():
+    from svgt.generation import PREFILL_PADDING_SLACK, prompt_groups
+
+    lengths = [4, 4, 5, 9, 10, 30]
+    prompts = [[7] * n for n in lengths]
+    sizes = [g.ids.shape[0] for g in prompt_groups(prompts, 0, None, max_tokens=40)]
+    # [4, 4, 5]: 15 padded / 13 real; adding 9 would pad to 36 > 1.25 x 22; [9, 10]; 30 alone
+    assert sizes == [3, 2, 1] and PREFILL_PADDING_SLACK == 1.25
+    assert [g.ids.shape[0] for g in prompt_groups(prompts, 0, None, max_tokens=None)] == [6]
+    # the budget alone: a third row would pad to 15 > 12
+    assert [g.ids.shape[0] for g in prompt_groups(prompts[:3], 0, None, max_tokens=12)] == [2, 1]
+    # a single row longer than the budget still gets a group
+    assert [g.ids.shape[1] for g in prompt_groups(prompts[-1:], 0, None, max_tokens=8)] == [30]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_pass_cache_shared_by_methods_changes_nothing(family):
+    """One PromptPassCache handed to unguided, bridge and inject decoding (in that order, then again):
+    every call after the first reuses the plain prompt pass (hits counted), and each method's logits,
+    tokens and scores equal its run without the cache, so reuse neither leaks one method's bridge or
+    delta into another's nor changes the stored passes."""
+    from svgt.generation import PromptPassCache
+
+    tok = tokenizer()
+    prefix = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]
+    prompts = [prefix + [int(i) for i in tok(p)["input_ids"]] for p in PROMPTS]
+    budget = 2 * len(prompts[0])
+    runs = {"none": {}, "bridge": {"bridge": LinearBridge(scale=2.0)}, "inject": {"inject_fn": linear_inject}}
+
+    def run(kwargs, cache):
+        kwargs = {k: (LinearBridge(scale=2.0) if k == "bridge" else v) for k, v in kwargs.items()}
+        return generate(family, prompts=prompts, refresh_interval=3, prefill_tokens=budget, prompt_cache=cache,
+                        score_fn=lambda h: h.sum(-1), **kwargs)
+
+    cache = PromptPassCache()
+    for round_ in range(2):
+        for name, kwargs in runs.items():
+            shared, alone = run(kwargs, cache), run(kwargs, None)
+            assert shared.token_ids == alone.token_ids, (round_, name)
+            for a, b in zip(shared.logits, alone.logits, strict=True):
+                torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+            for a, b in zip(shared.value_scores, alone.value_scores, strict=True):
+                torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    groups = len(cache)
+    assert groups >= 2  # grouped prefill: one entry per group
+    assert cache.hits == 5 * groups  # six calls, the first computes
+    cache.clear()
+    assert len(cache) == 0

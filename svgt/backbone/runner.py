@@ -134,6 +134,33 @@ def share_cache_rows(cache: DynamicCache, rows: int) -> None:
         layer.values = layer.values.expand(rows, -1, -1, -1)
 
 
+def clone_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache with the same keys/values in new layer objects: appending to or cropping the clone leaves
+    ``cache`` as it was (DynamicCache layers rebind their tensors on every change)."""
+    out = DynamicCache()
+    for idx, layer in enumerate(cache.layers):
+        out.update(layer.keys, layer.values, idx)
+    return out
+
+
+def merge_left_padded(caches: list[DynamicCache]) -> DynamicCache:
+    """One cache for the rows of several left-padded caches, in order: every layer's keys and values are
+    left-padded with zeros to the longest cache of that layer and stacked along the batch. The padded
+    columns must be masked out by the caller (they are its padding)."""
+    if len(caches) == 1:
+        return caches[0]
+    merged = DynamicCache()
+    for idx in range(len(caches[0].layers)):
+        layers = [c.layers[idx] for c in caches]
+        width = max(layer.keys.shape[-2] for layer in layers)
+
+        def stacked(parts: list[torch.Tensor], width: int = width) -> torch.Tensor:
+            return torch.cat([nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in parts])
+
+        merged.update(stacked([layer.keys for layer in layers]), stacked([layer.values for layer in layers]), idx)
+    return merged
+
+
 class BlockRunner:
     """Embed, run decoder block ranges with a shared ``DynamicCache``, and project to logits.
 

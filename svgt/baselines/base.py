@@ -42,6 +42,9 @@ class Baseline(ABC):
     """A guidance method compared against SVGT; see the module docstring for the contract."""
 
     method: ClassVar[str]
+    # True where the method leaves the backbone's blocks and the prompt text alone (it may edit the LM
+    # head's input): its prompt pass is the plain backbone's and may be reused (PromptPassCache)
+    plain_prompt_pass: ClassVar[bool] = False
 
     def prompt_ids(self, tokenizer: Any, prompts: Sequence[str], chat_template: bool = True) -> list[list[int]]:
         return [encode_prompt(tokenizer, p, chat_template) for p in prompts]

@@ -39,6 +39,7 @@ def value_network(width: int, hidden: int) -> nn.Sequential:
 @dataclass
 class REControlBaseline(Baseline):
     method: ClassVar[str] = "re-control"
+    plain_prompt_pass: ClassVar[bool] = True  # it edits only the LM head's input
     value_fn: nn.Sequential
     steps: int
     step_size: float

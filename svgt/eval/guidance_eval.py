@@ -16,7 +16,9 @@ bootstrap 95% interval over responses): there the method should leave the backbo
 rise means damaged answers. ``perplexity_harmful`` scores the responses to the harmful prompts the same
 way; it is reported, not gated, because the unguided backbone finds refusals unlikely where it would have
 complied, so it rises with every refusal a method adds, whether fluent or not.
-Generation cost is time per generated token and the peak resident memory above the pre-run level while
+Generation cost is time per generated token while decoding (``tokens_per_s``, ``decode_ms_per_token``;
+the prompt passes are reported apart, as ``prefill_seconds``, because the methods that run the prompt
+through the unmodified backbone share them) and the peak resident memory above the pre-run level while
 the method generates. The per-token discriminator trajectory (value module score of each state a token
 is predicted from) is recorded for ``none`` and ``svgt`` on the harmful prompts and plotted.
 
@@ -59,6 +61,7 @@ from svgt.eval.metrics import (
 )
 from svgt.eval.prompt_sets import load_harmbench_behaviors, load_lookalike_benign
 from svgt.eval.report import render_main_table
+from svgt.generation import PromptPassCache
 from svgt.io import atomic_path, write_json_atomic, write_text_atomic
 from svgt.methods import GuidanceMethod, check_methods, load_method
 from svgt.model import load_value_module
@@ -140,6 +143,7 @@ class MethodRun:
     seconds: float
     peak_rss_mb: float
     refreshes: int
+    prefill_seconds: float = 0.0  # the prompt passes (and first bridges); near 0 where a shared pass served them
 
 
 def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -162,15 +166,17 @@ def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -
 
 def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner,
                   sets: dict[str, list[str]], cfg: EvaluateConfig, with_scores: bool,
-                  length: Callable[[str], int] | None = None) -> MethodRun:
+                  length: Callable[[str], int] | None = None, prompt_cache: PromptPassCache | None = None
+                  ) -> MethodRun:
     """Every prompt of every set, batched together by length; answers (and, for ``with_scores``, the
     per-token scores of the harmful set) come back in each set's order. ``length`` measures a prompt for
-    batching (default: its chat-templated token count)."""
+    batching (default: its chat-templated token count). ``prompt_cache`` serves the method's prompt
+    passes if it runs the prompt through the plain backbone (``GuidanceMethod.plain_prompt_pass``)."""
     length = length or (lambda p: len(encode_prompt(tokenizer, p, True)))
     items = [(kind, i, p) for kind, prompts in sets.items() for i, p in enumerate(prompts)]
     texts: dict[tuple[str, int], str] = {}
     row_scores: dict[int, list[float]] = {}
-    tokens, seconds, refreshes = 0, 0.0, 0
+    tokens, seconds, prefill, refreshes = 0, 0.0, 0.0, 0
     meter = PeakRSS()
     batches = length_batches([length(p) for _, _, p in items], cfg.batch_size, cfg.max_batch_tokens)
     with meter.measure(), tqdm(total=len(items), desc=f"evaluate {method.name}", unit="prompt", leave=False) as bar:
@@ -179,10 +185,13 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
             scored = with_scores and any(kind == "harmful" for kind, _, _ in batch)
             t0 = time.perf_counter()
             res = method.generate(model, tokenizer, [p for _, _, p in batch], runner=runner,
-                                  max_new_tokens=cfg.max_new_tokens, **({"return_scores": True} if scored else {}))
+                                  max_new_tokens=cfg.max_new_tokens, prefill_tokens=cfg.prefill_tokens,
+                                  prompt_cache=prompt_cache if method.plain_prompt_pass else None,
+                                  **({"return_scores": True} if scored else {}))
             seconds += time.perf_counter() - t0
             tokens += sum(len(ids) for ids in res.token_ids)
             refreshes += res.timing.refreshes
+            prefill += res.timing.prefill_s
             texts.update(((kind, i), text) for (kind, i, _), text in zip(batch, res.texts, strict=True))
             if scored and res.value_scores is not None:
                 row_scores.update((i, [float(x) for x in s]) for (kind, i, _), s in
@@ -190,7 +199,7 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
             bar.update(len(batch))
     responses = {kind: [texts[(kind, i)] for i in range(len(prompts))] for kind, prompts in sets.items()}
     scores = [row_scores[i] for i in sorted(row_scores)]
-    return MethodRun(responses, scores, tokens, seconds, meter.above_baseline_mb, refreshes)
+    return MethodRun(responses, scores, tokens, seconds, meter.above_baseline_mb, refreshes, prefill)
 
 
 def fluency(sums: list[tuple[float, int]], seed: int) -> dict[str, Any]:
@@ -268,8 +277,12 @@ def score_method(run: MethodRun, sets: dict[str, list[str]], refusal: RefusalJud
         out |= ppl
     out["new_tokens"] = run.new_tokens
     out["seconds"] = round(run.seconds, 2)
-    out["tokens_per_s"] = run.new_tokens / run.seconds if run.seconds else math.nan
+    # decode rates are the comparable ones: some methods share their prompt passes (see evaluate_guidance)
+    decode_s = run.seconds - run.prefill_seconds
+    out["tokens_per_s"] = run.new_tokens / decode_s if decode_s > 0 else math.nan
+    out["decode_ms_per_token"] = 1000 * decode_s / run.new_tokens if run.new_tokens else math.nan
     out["ms_per_token"] = 1000 * run.seconds / run.new_tokens if run.new_tokens else math.nan
+    out["prefill_seconds"] = round(run.prefill_seconds, 2)
     out["peak_rss_above_baseline_mb"] = round(run.peak_rss_mb, 1)
     out["refreshes"] = run.refreshes
     return out
@@ -307,9 +320,13 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     }
     trajectories: dict[str, list[list[float]]] = {}
     runs: dict[str, MethodRun] = {}
+    # none, svgt, svgt-inject and re-control share one prompt pass per batch (the same prompts, batched
+    # the same way, through the same unmodified blocks)
+    prompt_cache = PromptPassCache()
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for method in methods:
-            run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS)
+            run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS,
+                                prompt_cache=prompt_cache)
             runs[method.name] = run
             if run.scores:
                 trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
@@ -317,6 +334,7 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
                 for prompt, text in zip(prompts, run.responses[kind], strict=True):
                     out.write(json.dumps({"method": method.name, "set": kind, "prompt": prompt, "response": text,
                                           "refusal": refusal(text)}) + "\n")
+    prompt_cache.clear()
     ppl = fluency_by_method(model, tokenizer, runner, sets, runs, cfg.batch_size, cfg.seed) if cfg.perplexity else {}
     for name, run in runs.items():
         results["methods"][name] = score_method(run, sets, refusal, harm, ppl.get(name))
@@ -407,11 +425,15 @@ def render_report(results: dict[str, Any]) -> str:
             lines.append(f"| {stage} | {_num(m.get('accuracy'))} | {_num(m.get('f1'))} | {_num(m.get('auroc'))} |")
         lines.append("")
     lines += ["## Generation cost (same prompts, batch size as configured, CPU unless stated)", "",
-              "| method | ms / token | tokens/s | peak RSS above start (MB) | bridge refreshes |",
-              "|---|---|---|---|---|"]
+              "Methods that run the prompt through the unmodified backbone (none, svgt, svgt-inject, re-control) "
+              "share one prompt pass per batch: the first of them pays it, so compare decode ms / token "
+              "(every generated token, bridge refreshes included).", "",
+              "| method | decode ms / token | prompt pass (s) | total ms / token | peak RSS above start (MB) | "
+              "bridge refreshes |", "|---|---|---|---|---|---|"]
     for name, e in results["methods"].items():
-        lines.append(f"| {name} | {_num(e.get('ms_per_token'), 1)} | {_num(e.get('tokens_per_s'), 1)} | "
-                     f"{_num(e.get('peak_rss_above_baseline_mb'), 1)} | {e.get('refreshes', 0)} |")
+        lines.append(f"| {name} | {_num(e.get('decode_ms_per_token'), 1)} | {_num(e.get('prefill_seconds'), 1)} | "
+                     f"{_num(e.get('ms_per_token'), 1)} | {_num(e.get('peak_rss_above_baseline_mb'), 1)} | "
+                     f"{e.get('refreshes', 0)} |")
     traj = results.get("trajectory") or {}
     if traj:
         lines += ["", "## Discriminator trajectory on harmful prompts", "",

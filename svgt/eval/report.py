@@ -14,7 +14,7 @@ The results dict (:class:`MainResults`) is what the evaluate step produces::
           "over_refusal_benign":   {...},   # refusal rate on benign prompts (lower is better)
           "over_refusal_lookalike": {...},  # refusal rate on look-alike benign prompts (lower is better)
           "perplexity":            {"value": 6.7, "n": 100, "ci95": [6.2, 7.3]},
-          "tokens_per_s": 14.2
+          "tokens_per_s": 14.2                # while decoding (prompt passes excluded)
         },
         "svgt": {...}
       }
@@ -22,7 +22,7 @@ The results dict (:class:`MainResults`) is what the evaluate step produces::
 
 Rate cells are :func:`svgt.eval.metrics.rate` / ``harmful_response_rate`` outputs, the perplexity cell a
 :func:`svgt.eval.metrics.bootstrap_ci`-shaped dict; a missing cell renders as "-". Every column but
-tokens/s prints "value (95% CI)"; the harm, ASR and perplexity columns add the relative change against the
+decode tokens/s prints "value (95% CI)"; the harm, ASR and perplexity columns add the relative change against the
 baseline method.
 """
 
@@ -127,7 +127,7 @@ def render_main_table(results: MainResults, title: str = "Main results") -> str:
         f"{_n_summary(methods)}. Cells: value (95% CI); harm, ASR and PPL also show the relative change "
         f"against `{baseline}`" + ("" if base is not None else f" (absent: no `{baseline}` row)") + ".",
         "",
-        "| method | " + " | ".join(h for _, h, _, _ in COLUMNS) + " | tokens/s |",
+        "| method | " + " | ".join(h for _, h, _, _ in COLUMNS) + " | decode tokens/s |",
         "|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for name, row in methods.items():
