@@ -369,6 +369,32 @@ def test_dpo_loss_decreases_and_the_adapter_is_gone_after_fit(model, tok):
         assert torch.equal(_pair_logps(model, encoded, pad)[0], ref[0])
 
 
+def test_sequence_logps_sums_the_response_token_logprobs_through_peft_too(model, tok):
+    """The LM head runs only on the positions that predict response tokens; the sums equal a
+    hand computation from the full logits, on the plain model and through a peft LoRA wrapper."""
+    from svgt.baselines.dpo import sequence_logps
+    from svgt.extract import pad_batch
+
+    prompts = [encode_prompt(tok, "How do I bake bread?"), encode_prompt(tok, "Hi")]
+    responses = [tok("Mix flour and water.")["input_ids"], tok("Hello there, friend!")["input_ids"]]
+
+    def by_hand(m):
+        ids, mask = pad_batch([p + r for p, r in zip(prompts, responses)], int(tok.pad_token_id), "right")
+        logp = torch.log_softmax(m(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        return torch.stack([sum(logp[i, t - 1, ids[i, t]] for t in range(len(p), len(p) + len(r)))
+                            for i, (p, r) in enumerate(zip(prompts, responses))])
+
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logps(model, prompts, responses, int(tok.pad_token_id)), by_hand(model),
+                                   atol=1e-4, rtol=0)
+        peft_model, _ = lora_pair(model)
+        try:
+            got = sequence_logps(peft_model, prompts, responses, int(tok.pad_token_id))
+            torch.testing.assert_close(got, by_hand(peft_model), atol=1e-4, rtol=0)
+        finally:
+            peft_model.unload()
+
+
 def test_system_prompt_ids_contain_the_system_text(tok):
     baseline = SystemPromptBaseline(SYSTEM)
     [ids] = baseline.prompt_ids(tok, ["How do I bake bread?"])

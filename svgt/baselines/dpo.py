@@ -133,17 +133,31 @@ def encode_pairs(
 def sequence_logps(
     model: PreTrainedModel, prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int
 ) -> torch.Tensor:
-    """Sum of log p(response token | everything before) per row: [B]."""
+    """Sum of log p(response token | everything before) per row: [B].
+
+    The LM head (a 49152-way projection and softmax for SmolLM2) runs only on the positions that predict
+    a response token: a pre-hook hands it those rows instead of the whole padded batch.
+    """
     seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
     ids, mask = pad_batch(seqs, pad_id, padding_side="right")
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-    scored = torch.zeros_like(mask[:, 1:], dtype=torch.bool)
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        scored[i, len(p) - 1 : len(p) + len(r) - 1] = True  # position t predicts token t + 1
-    return (logp * scored).sum(-1)
+    # position t predicts token t + 1
+    spans = [(i, t) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
+             for t in range(len(p) - 1, len(p) + len(r) - 1)]
+    rows = torch.tensor([i for i, _ in spans], dtype=torch.long, device=device)
+    cols = torch.tensor([t for _, t in spans], dtype=torch.long, device=device)
+
+    def scored_rows(_m: nn.Module, args: tuple) -> tuple:
+        return (args[0][rows, cols][None], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(scored_rows)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[0].float()
+    finally:
+        handle.remove()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
+    return torch.zeros(len(seqs), dtype=logp.dtype, device=device).index_add(0, rows, logp)
 
 
 def dpo_loss(
