@@ -143,6 +143,14 @@ def clone_cache(cache: DynamicCache) -> DynamicCache:
     return out
 
 
+def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding the given batch rows of ``cache`` (repeats allowed), in that order."""
+    out = DynamicCache()
+    for idx, layer in enumerate(cache.layers):
+        out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), idx)
+    return out
+
+
 def merge_left_padded(caches: list[DynamicCache]) -> DynamicCache:
     """One cache for the rows of several left-padded caches, in order: every layer's keys and values are
     left-padded with zeros to the longest cache of that layer and stacked along the batch. The padded

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from svgt.backbone.runner import BlockRunner
+from svgt.backbone.runner import BlockRunner, select_cache_rows
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.extract import pad_batch
 from svgt.generation import prompt_layout
@@ -201,8 +201,8 @@ def response_nll_sums(
     to the same prompts (``response_sets[s][i]`` answers ``prompts[i]``; an empty response gives (0.0, 0)).
 
     Each batch of prompts (length-sorted, left-padded, encoded as generation encodes them; a token prefix
-    common to the batch runs once) goes through the model once into a KV cache; every set's responses to
-    those prompts are then scored against that cache, which is cropped back to the prompts after each set.
+    common to the batch runs once) goes through the model once into a KV cache; the distinct responses to
+    those prompts (over all sets) are then scored against the rows of that cache, in length-sorted chunks.
     The LM head runs only where a response token is predicted (the last prompt row and the response rows),
     never over the prompts.
     """
@@ -231,33 +231,46 @@ def response_nll_sums(
         h = runner.run_blocks(embedded, 0, runner.num_layers, position_ids=positions, attention_mask=mask,
                               cache=cache, position_embeddings=rotary)
         first = torch.log_softmax(runner.logits(h[:, -1]).float(), dim=-1)  # predicts each response's token 0
-        width, lengths = ids.shape[1], mask.sum(-1)
+        # each distinct non-empty response to a prompt is scored once, whichever sets gave it (methods often
+        # agree), in batches of similar length
+        pairs = {(row, tuple(r)) for row, i in enumerate(idx) for responses in response_sets
+                 if (r := encode_response(tokenizer, responses[i], add_eos=add_eos))}
+        pairs_sorted = sorted(pairs, key=lambda pr: (len(pr[1]), pr))
+        scored: dict[tuple[int, tuple[int, ...]], tuple[float, int]] = {}
+        for chunk_start in range(0, len(pairs_sorted), batch_size):
+            chunk = pairs_sorted[chunk_start : chunk_start + batch_size]
+            scored.update(zip(chunk, _score_responses(runner, cache, mask, first, chunk), strict=True))
         for s, responses in enumerate(response_sets):
-            r_ids = [encode_response(tokenizer, responses[i], add_eos=add_eos) for i in idx]
-            if not any(r_ids):
-                continue
-            rid, rmask = pad_batch([r or [int(pad)] for r in r_ids], int(pad), padding_side="right")
-            rmask = rmask * torch.tensor([[bool(r)] for r in r_ids], dtype=rmask.dtype)  # an empty row sees nothing new
-            rid, rmask = rid.to(runner.device), rmask.to(runner.device)
-            pos = lengths[:, None] + torch.arange(rid.shape[1], device=runner.device)
-            embedded, rotary = runner.prologue(rid, pos)
-            h = runner.run_blocks(embedded, 0, runner.num_layers, position_ids=pos,
-                                  attention_mask=torch.cat([mask, rmask], dim=1), cache=cache,
-                                  position_embeddings=rotary)
-            runner.crop_layers(cache, 0, width)
-            # token 0 is predicted by the last prompt row, token j >= 1 by response row j - 1: one LM-head
-            # call on exactly those rows of the whole batch
-            counts = torch.tensor([len(r) for r in r_ids], device=runner.device)
-            predicts = torch.arange(rid.shape[1] - 1, device=runner.device)[None] < (counts[:, None] - 1)
-            logp = torch.log_softmax(runner.logits(h[:, :-1][predicts]).float(), dim=-1)
-            later = logp.gather(-1, rid[:, 1:][predicts][:, None]).squeeze(-1).double()
-            later_sums = torch.zeros(len(idx), dtype=torch.float64, device=runner.device)
-            later_sums.index_add_(0, predicts.nonzero()[:, 0], later)
             for row, i in enumerate(idx):
-                r = r_ids[row]
+                r = tuple(encode_response(tokenizer, responses[i], add_eos=add_eos))
                 if r:
-                    out[s][i] = (float(-(first[row, r[0]].double() + later_sums[row])), len(r))
+                    out[s][i] = scored[(row, r)]
     return out
+
+
+def _score_responses(runner: BlockRunner, cache: Any, mask: torch.Tensor, first: torch.Tensor,
+                     chunk: Sequence[tuple[int, tuple[int, ...]]]) -> list[tuple[float, int]]:
+    """(NLL sum, tokens) of each (prompt row, response ids) in ``chunk`` against the prompts' cache."""
+    rows = torch.tensor([row for row, _ in chunk], device=runner.device)
+    r_ids = [list(r) for _, r in chunk]
+    rid, rmask = pad_batch(r_ids, 0, padding_side="right")
+    rid, rmask = rid.to(runner.device), rmask.to(runner.device)
+    prompt_mask = mask.index_select(0, rows)
+    pos = prompt_mask.sum(-1)[:, None] + torch.arange(rid.shape[1], device=runner.device)
+    embedded, rotary = runner.prologue(rid, pos)
+    h = runner.run_blocks(embedded, 0, runner.num_layers, position_ids=pos,
+                          attention_mask=torch.cat([prompt_mask, rmask], dim=1),
+                          cache=select_cache_rows(cache, rows), position_embeddings=rotary)
+    # token 0 is predicted by the last prompt row, token j >= 1 by response row j - 1: one LM-head call on
+    # exactly those rows of the whole chunk
+    counts = torch.tensor([len(r) for r in r_ids], device=runner.device)
+    predicts = torch.arange(rid.shape[1] - 1, device=runner.device)[None] < (counts[:, None] - 1)
+    logp = torch.log_softmax(runner.logits(h[:, :-1][predicts]).float(), dim=-1)
+    later = logp.gather(-1, rid[:, 1:][predicts][:, None]).squeeze(-1).double()
+    sums = torch.zeros(len(chunk), dtype=torch.float64, device=runner.device)
+    sums.index_add_(0, predicts.nonzero()[:, 0], later)
+    firsts = first.index_select(0, rows).gather(-1, rid[:, :1]).squeeze(-1).double()
+    return [(float(-(f + later_sum)), len(r)) for f, later_sum, r in zip(firsts, sums, r_ids, strict=True)]
 
 
 def perplexity_from_sums(sums: Sequence[tuple[float, int]]) -> Perplexity:
