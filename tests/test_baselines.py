@@ -379,10 +379,10 @@ def test_sequence_logps_sums_the_response_token_logprobs_through_peft_too(model,
     responses = [tok("Mix flour and water.")["input_ids"], tok("Hello there, friend!")["input_ids"]]
 
     def by_hand(m):
-        ids, mask = pad_batch([p + r for p, r in zip(prompts, responses)], int(tok.pad_token_id), "right")
+        ids, mask = pad_batch([p + r for p, r in zip(prompts, responses, strict=True)], int(tok.pad_token_id), "right")
         logp = torch.log_softmax(m(input_ids=ids, attention_mask=mask).logits.float(), -1)
         return torch.stack([sum(logp[i, t - 1, ids[i, t]] for t in range(len(p), len(p) + len(r)))
-                            for i, (p, r) in enumerate(zip(prompts, responses))])
+                            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))])
 
     with torch.no_grad():
         torch.testing.assert_close(sequence_logps(model, prompts, responses, int(tok.pad_token_id)), by_hand(model),

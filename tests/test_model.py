@@ -98,6 +98,20 @@ def test_config_rejects_inconsistent_values():
         make_config(num_bridge_tokens=0)
     with pytest.raises(ValueModuleError, match="d_v must be >= 2"):
         make_config(d_v=1, encoder_heads=1, cross_attn_heads=1)
+    with pytest.raises(ValueModuleError, match="attention_dropout must be in"):
+        make_config(attention_dropout=1.0)
+
+
+def test_attention_and_residual_dropout_are_separate_and_old_configs_load():
+    module = ValueModule(make_config(dropout=0.2, attention_dropout=0.05))
+    for layer in module.encoder.transformer.layers:
+        assert layer.self_attn.dropout == 0.05 and layer.dropout1.p == layer.dropout.p == 0.2
+    assert module.encoder.cross_attn.dropout == 0.05
+    assert make_config().attention_dropout == 0.0
+    # a module saved before the key existed (its attention dropout only mattered in training) still loads
+    raw = make_config().to_dict()
+    del raw["attention_dropout"]
+    assert ValueModuleConfig.from_dict(raw).attention_dropout == 0.0
 
 
 # ---------------------------------------------------------------- shapes

@@ -91,6 +91,7 @@ class ValueEncoder(nn.Module):
             batch_first=True,
             norm_first=True,
         )
+        layer.self_attn.dropout = config.attention_dropout  # ``dropout`` above covers residual and feed-forward
         # norm_first layers leave the residual stream un-normalised: a final norm keeps z_u on a fixed scale
         self.transformer = nn.TransformerEncoder(
             layer, num_layers=config.encoder_layers, norm=nn.LayerNorm(d_v), enable_nested_tensor=False
@@ -99,7 +100,7 @@ class ValueEncoder(nn.Module):
         # conditional path (names must start with one of CONDITIONAL_PREFIXES)
         self.prompt_proj = nn.Sequential(nn.Linear(d, d_v), nn.LayerNorm(d_v))
         self.cross_attn = nn.MultiheadAttention(
-            d_v, config.cross_attn_heads, dropout=config.dropout, batch_first=True
+            d_v, config.cross_attn_heads, dropout=config.attention_dropout, batch_first=True
         )
         self.cross_norm = nn.LayerNorm(d_v)
         # a separate pooler so the conditional parameter group owns everything the cross path learns
