@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,11 @@ from svgt.backbone.sources import DTYPES
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.config import ExtractConfig
 from svgt.data.schema import SPLITS
+from svgt.hidden_states import FORMAT, INDEX, ExtractionError
 from svgt.io import atomic_path, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.json"
-FORMAT = "svgt-hidden-states/1"
 TENSOR_DOCS = {
     "prompt_states": "per-token, [sum prompt tokens, d]: the chat-templated user turn incl. generation prompt",
     "response_states": "per-token, [sum response tokens, d]: the response tokens followed by EOS",
@@ -50,10 +49,6 @@ TENSOR_DOCS = {
     "prompt_offsets": "[n + 1] int64 row boundaries into prompt_states",
     "response_offsets": "[n + 1] int64 row boundaries into response_states (empty range = no response)",
 }
-
-
-class ExtractionError(RuntimeError):
-    """Extraction could not produce valid hidden states."""
 
 
 @dataclass(frozen=True)
@@ -433,59 +428,3 @@ def _write_index(
         | {"tokens_per_second": round(summary.tokens_per_second, 1)},
     }
     write_json_atomic(out_dir / INDEX, index)
-
-
-@dataclass(frozen=True)
-class ExtractedExample:
-    id: str
-    prompt_states: torch.Tensor  # [m, d]
-    response_states: torch.Tensor  # [r, d] (r = 0 without a response)
-    pooled: torch.Tensor  # [d]
-
-
-class HiddenStateStore:
-    """Streams extracted examples shard by shard (what the training stages read)."""
-
-    def __init__(self, directory: str | Path, verify: bool = True):
-        self.directory = Path(directory)
-        try:
-            self.index = json.loads((self.directory / INDEX).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ExtractionError(f"{self.directory}: no {INDEX}; run `svgt extract` first") from None
-        if self.index.get("format") != FORMAT:
-            raise ExtractionError(f"{self.directory / INDEX}: unknown format {self.index.get('format')!r}")
-        self.verify = verify
-
-    @property
-    def layer(self) -> int:
-        return int(self.index["layer"])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.index["hidden_size"])
-
-    def ids(self, split: str) -> list[str]:
-        return [i for shard in self.index["splits"][split]["shards"] for i in shard["ids"]]
-
-    def load_shard(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
-        path = self.directory / entry["file"]
-        if self.verify and sha256_file(path) != entry["sha256"]:
-            raise ExtractionError(f"{path}: checksum does not match {INDEX}; rerun `svgt extract`")
-        with safe_open(path, framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        for name in ("prompt_states", "response_states", "pooled"):
-            if not torch.isfinite(tensors[name]).all():
-                raise ExtractionError(f"{path}: tensor {name!r} contains NaN or inf")
-        return tensors
-
-    def iter_split(self, split: str) -> Iterator[ExtractedExample]:
-        for entry in self.index["splits"][split]["shards"]:
-            t = self.load_shard(entry)
-            po, ro = t["prompt_offsets"].tolist(), t["response_offsets"].tolist()
-            for i, example_id in enumerate(entry["ids"]):
-                yield ExtractedExample(
-                    example_id,
-                    t["prompt_states"][po[i] : po[i + 1]],
-                    t["response_states"][ro[i] : ro[i + 1]],
-                    t["pooled"][i],
-                )

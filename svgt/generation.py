@@ -59,7 +59,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from svgt.backbone.adapter import LayerAdapter
-from svgt.backbone.runner import BlockRunner, clone_cache, merge_left_padded
+from svgt.backbone.runner import BlockRunner, clone_cache, growing_cache, merge_left_padded
 from svgt.backbone.small_batch import small_batch_linears
 from svgt.backbone.text import encode_prompt
 from svgt.extract import pad_batch, shared_prefix_length
@@ -199,7 +199,7 @@ class _CachedDecoder:
         self.split = layer  # 0-based index of the first upper block == 1-based l*
         self.guidance = guidance
         self.refresh_mode = refresh_mode
-        self.cache = runner.new_cache()
+        self.cache = growing_cache()  # replaced by prefill's (merged) group caches
         self.refreshes = 0
         self.fed = 0  # generated tokens fed so far
         self.h_gen: list[torch.Tensor] = []  # layer-l* states of fed tokens, kept for exact refresh
@@ -361,7 +361,9 @@ class _CachedDecoder:
         """Approximate refresh: replace only the K bridge rows of the upper caches (see module docstring)."""
         width, k = self.prompt_mask.shape[1], self.k
         upper_layers = self.cache.layers[self.split:]
-        tails = [(layer.keys[..., width + k:, :], layer.values[..., width + k:, :]) for layer in upper_layers]
+        # copies: the bridge rows are rewritten in place below, and the tails are appended after them
+        tails = [(layer.keys[..., width + k:, :].clone(), layer.values[..., width + k:, :].clone())
+                 for layer in upper_layers]
         self.runner.crop_layers(self.cache, self.split, width)
         self.runner.run_blocks(self.bridge, self.split, self.runner.num_layers,
                                position_ids=self._positions(0, k), attention_mask=self._mask(k), cache=self.cache)
@@ -397,7 +399,7 @@ class PromptGroup:
     ids: torch.Tensor  # [B_g, W_g]
     mask: torch.Tensor  # [B_g, W_g]
     shared: int  # leading columns common to every row of the group
-    cache: DynamicCache = field(default_factory=DynamicCache)
+    cache: DynamicCache = field(default_factory=growing_cache)
 
 
 @dataclass

@@ -7,7 +7,8 @@ from tiny import canonical_frame
 from svgt.backbone import load_snapshot
 from svgt.backbone.text import encode_prompt
 from svgt.config import ExtractConfig
-from svgt.extract import HiddenStateStore, extract_hidden_states
+from svgt.extract import extract_hidden_states
+from svgt.hidden_states import HiddenStateStore
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ from svgt.backbone.text import encode_prompt, encode_response
 from svgt.config import BackboneConfig, ExtractConfig
 from svgt.extract import (
     ExtractionError,
-    HiddenStateStore,
     batch_hidden_states,
     extract_hidden_states,
     shared_prefix_length,
 )
+from svgt.hidden_states import HiddenStateStore
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is 12 times 7?",
            "Write a haiku about the sea, please, with waves and gulls and tide.", "Hi",

@@ -24,7 +24,8 @@ import svgt.extract
 import svgt.model.module
 from svgt.config import ExtractConfig
 from svgt.data.schema import SPLITS
-from svgt.extract import HiddenStateStore, extract_hidden_states
+from svgt.extract import extract_hidden_states
+from svgt.hidden_states import HiddenStateStore
 from svgt.io import DiskFullError
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module, save_value_module
 

@@ -475,3 +475,36 @@ def test_prompt_pass_cache_shared_by_methods_changes_nothing(family):
     assert cache.hits == 5 * groups  # six calls, the first computes
     cache.clear()
     assert len(cache) == 0
+
+
+def test_growing_cache_layer_appends_in_place_and_matches_dynamic_layer():
+    """GrowingLayer (the decode cache): the same keys/values as transformers' DynamicLayer through
+    appends, a crop and a row-shared (expanded) prefix, with appends written into spare capacity."""
+    from transformers.cache_utils import DynamicLayer
+
+    from svgt.backbone.runner import GrowingLayer
+
+    torch.manual_seed(0)
+    grow, plain = GrowingLayer(), DynamicLayer()
+    prefix = torch.randn(1, 2, 5, 4)
+    for layer in (grow, plain):  # a one-row prefix shared by 3 rows (share_cache_rows), then appends
+        layer.update(prefix, prefix + 1)
+        layer.keys, layer.values = layer.keys.expand(3, -1, -1, -1), layer.values.expand(3, -1, -1, -1)
+    steps = [torch.randn(3, 2, n, 4) for n in (4, 1, 1)]
+    for i, new in enumerate(steps):
+        for layer in (grow, plain):
+            layer.update(new, -new)
+        if i == 0:
+            base = grow.keys.data_ptr()
+        else:
+            assert grow.keys.data_ptr() == base  # in place: no copy of the cache per step
+        assert torch.equal(grow.keys, plain.keys) and torch.equal(grow.values, plain.values)
+    for layer in (grow, plain):  # an exact refresh crops back and rewrites the dropped positions
+        layer.crop(-3)
+        layer.update(steps[0][..., :2, :] * 2, steps[0][..., :2, :])
+    assert torch.equal(grow.keys, plain.keys) and torch.equal(grow.values, plain.values)
+    assert grow.keys.data_ptr() == base and grow.get_seq_length() == plain.get_seq_length() == 10
+    big = torch.randn(3, 2, GrowingLayer.HEADROOM + 1, 4)  # beyond the capacity: reallocated, still equal
+    for layer in (grow, plain):
+        layer.update(big, big)
+    assert torch.equal(grow.keys, plain.keys) and grow.keys.data_ptr() != base

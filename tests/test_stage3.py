@@ -7,7 +7,7 @@ import torch
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
 from svgt.config import ModelConfig, Stage1Config, Stage2Config, Stage3Config, TrainConfig
-from svgt.extract import HiddenStateStore
+from svgt.hidden_states import HiddenStateStore
 from svgt.model import save_value_module
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession

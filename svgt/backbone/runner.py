@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from svgt.backbone.adapter import LayerAdapter
@@ -134,10 +135,59 @@ def share_cache_rows(cache: DynamicCache, rows: int) -> None:
         layer.values = layer.values.expand(rows, -1, -1, -1)
 
 
+class GrowingLayer(DynamicLayer):
+    """A cache layer whose keys/values are views of buffers with room to grow.
+
+    ``DynamicLayer`` appends by ``torch.cat``, copying the whole cache at every decode step; for a batch of
+    long prompts that copy costs as much as the attention that reads it. Here an append writes into spare
+    capacity (``HEADROOM`` positions, enough for the decode steps and bridge rows of a typical request;
+    beyond it the buffer is reallocated). Cropping keeps a prefix view, so a later append overwrites the
+    dropped positions. Anything that replaced ``keys`` (a row-shared expand, a selection) is copied into a
+    fresh buffer on the next append. In-place writes: for decoding under ``torch.no_grad`` only.
+    """
+
+    HEADROOM = 64
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, add = self.get_seq_length(), key_states.shape[-2]
+        if not self._has_room(key_states, n + add):
+            self._reallocate(key_states, n, n + add)
+        self._key_buffer[..., n : n + add, :] = key_states
+        self._value_buffer[..., n : n + add, :] = value_states
+        self.keys, self.values = self._key_buffer[..., : n + add, :], self._value_buffer[..., : n + add, :]
+        return self.keys, self.values
+
+    def _has_room(self, like: torch.Tensor, length: int) -> bool:
+        buffers = getattr(self, "_key_buffer", None), getattr(self, "_value_buffer", None)
+        if buffers[0] is None or length > buffers[0].shape[-2] or buffers[0].shape[:2] != like.shape[:2]:
+            return False
+        # keys/values must still be prefix views of the buffers (a crop keeps them so, a replacement does not)
+        return all(t.data_ptr() == b.data_ptr() and t.stride() == b.stride() and t.shape[:2] == b.shape[:2]
+                   for t, b in zip((self.keys, self.values), buffers, strict=True))
+
+    def _reallocate(self, like: torch.Tensor, kept: int, length: int) -> None:
+        shape = (*like.shape[:2], length + self.HEADROOM, like.shape[-1])
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        if kept:
+            keys[..., :kept, :] = self.keys
+            values[..., :kept, :] = self.values
+        self._key_buffer, self._value_buffer = keys, values
+
+
+def growing_cache() -> DynamicCache:
+    """A config-less ``DynamicCache`` of ``GrowingLayer`` layers (appends in place; no autograd)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
+
+
 def clone_cache(cache: DynamicCache) -> DynamicCache:
     """A cache with the same keys/values in new layer objects: appending to or cropping the clone leaves
-    ``cache`` as it was (DynamicCache layers rebind their tensors on every change)."""
-    out = DynamicCache()
+    ``cache`` as it was (its keys/values are copied into the clone's own buffers)."""
+    out = growing_cache()
     for idx, layer in enumerate(cache.layers):
         out.update(layer.keys, layer.values, idx)
     return out
@@ -157,7 +207,7 @@ def merge_left_padded(caches: list[DynamicCache]) -> DynamicCache:
     columns must be masked out by the caller (they are its padding)."""
     if len(caches) == 1:
         return caches[0]
-    merged = DynamicCache()
+    merged = growing_cache()
     for idx in range(len(caches[0].layers)):
         layers = [c.layers[idx] for c in caches]
         width = max(layer.keys.shape[-2] for layer in layers)

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from svgt.data.schema import normalize_prompt, stage_mask
-from svgt.extract import HiddenStateStore
+from svgt.hidden_states import HiddenStateStore
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from svgt.config import Params
-from svgt.extract import HiddenStateStore
+from svgt.hidden_states import HiddenStateStore
 from svgt.io import sha256_file, write_json_atomic, write_text_atomic
 from svgt.model import save_value_module
 from svgt.model.module import load_value_module
