@@ -373,6 +373,20 @@ def target_checks(by_batch: dict[int, list[Result]], device: str) -> list[dict[s
     return checks
 
 
+def agree_before_eos(hf_rows: list[list[int]], our_rows: list[list[int]], eos: int | None) -> tuple[bool, int]:
+    """Whether our unguided rows equal HF generate's up to each row's first EOS, and how many rows have one.
+
+    With stop tokens off, our loop may pick EOS and go on; HF's ``min_new_tokens`` masks EOS instead, so
+    from there the two legitimately continue differently.
+    """
+    same, with_eos = True, 0
+    for hf, ours in zip(hf_rows, our_rows, strict=True):
+        cut = ours.index(eos) if eos is not None and eos in ours else len(ours)
+        with_eos += cut < len(ours)
+        same &= hf[:cut] == ours[:cut]
+    return same, with_eos
+
+
 def build_report(args: argparse.Namespace, meta: dict[str, Any], by_batch: dict[int, list[Result]],
                  checks: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     rows_json: dict[str, Any] = {}
@@ -416,10 +430,12 @@ def build_report(args: argparse.Namespace, meta: dict[str, Any], by_batch: dict[
                 "bridge_calls": res.bridge_calls})
         hf = next(r for r in results if r.case.method == "hf")
         ours = next(r for r in results if r.case.method == "none")
-        same = hf.token_ids == ours.token_ids
-        rows_json[str(batch)] = {"rows": rows, "unguided_tokens_identical_to_hf": same}
-        md += ["", f"Unguided loop tokens identical to HF generate: {'yes' if same else 'no'}. Peak MiB: {mem_note}.",
-               ""]
+        same, with_eos = agree_before_eos(hf.token_ids, ours.token_ids, meta["eos_token_id"])
+        rows_json[str(batch)] = {"rows": rows, "unguided_tokens_identical_to_hf_before_eos": same,
+                                 "rows_where_ours_picked_eos": with_eos}
+        md += ["", f"Unguided loop tokens identical to HF generate up to each row's first EOS: "
+               f"{'yes' if same else 'no'} ({with_eos} row(s) where our loop picked EOS, which HF's "
+               f"min_new_tokens masks). Peak MiB: {mem_note}.", ""]
     md += ["## Targets", "",
            f"Guided (SVGT, exact refresh) / unguided (our cached loop, same batch) wall time, on {args.device}:", ""]
     for c in checks:
@@ -479,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "prompt_tokens": {"min": min(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)},
         "static_memory": static_memory(model, module), "machine": machine_info(args),
         "load_start": load_start, "load_end": load_average(), "command": command,
+        "eos_token_id": tokenizer.eos_token_id,
     }
     checks = target_checks(by_batch, args.device)
     payload, markdown = build_report(args, meta, by_batch, checks)

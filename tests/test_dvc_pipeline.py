@@ -113,9 +113,9 @@ def _committed_placeholder_repo(tmp_path: Path, repo_root: Path) -> Path:
 @pytest.mark.parametrize(("key", "old", "new", "changed"), [
     ("train.stage3.lr", 2.0e-3, 1.0e-3, {"stage3"}),
     ("train.stage3.benign_target", "backbone", "dataset", {"stage3"}),
-    ("train.stage1.epochs", 6, 7, {"stage1"}),
+    ("train.stage1.epochs", 4, 5, {"stage1"}),
     ("extract.batch_size", 8, 4, {"extract"}),
-    ("evaluate.max_new_tokens", 32, 24, {"evaluate"}),
+    ("evaluate.max_new_tokens", 24, 32, {"evaluate"}),
     ("gates.min_stage2_auroc", 0.7, 0.8, {"register"}),
     ("baselines.iti.alpha", 5.0, 4.0, {"baselines"}),
     ("model.d_v", 128, 64, {"stage1", "stage2", "stage3"}),
