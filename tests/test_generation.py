@@ -326,6 +326,35 @@ def test_contract_violations_are_reported():
         generate("llama", LinearBridge(), refresh_mode="approximate")
 
 
+def run_method(family, method, prompts, **kwargs):
+    """Decode ``prompts`` with the given method (none / bridge / inject), r=3, scores on; also return what
+    prompt_fn was handed."""
+    seen = {}
+
+    def prompt_fn(states, mask):
+        seen["states"], seen["mask"] = states.clone(), mask.clone()
+
+    if method == "bridge":
+        kwargs["bridge"] = LinearBridge(scale=2.0)
+    if method == "inject":
+        kwargs["inject_fn"] = linear_inject
+    out = generate(family, prompts=prompts, refresh_interval=3, prompt_fn=prompt_fn, score_fn=lambda h: h.sum(-1),
+                   **kwargs)
+    return out, seen
+
+
+def assert_same_decoding(a, seen_a, b, seen_b):
+    """Same tokens; logits, scores and prompt_fn states (on real tokens) equal to ATOL."""
+    assert a.token_ids == b.token_ids
+    for x, y in zip(a.logits, b.logits, strict=True):
+        torch.testing.assert_close(x, y, atol=ATOL, rtol=0)
+    for x, y in zip(a.value_scores, b.value_scores, strict=True):
+        torch.testing.assert_close(x, y, atol=ATOL, rtol=0)
+    assert torch.equal(seen_a["mask"], seen_b["mask"])
+    real = seen_b["mask"]  # padded rows carry no meaning (masked everywhere)
+    torch.testing.assert_close(seen_a["states"][real], seen_b["states"][real], atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["none", "bridge", "inject"])
 def test_shared_prompt_prefix_runs_once_and_changes_nothing(family, method):
@@ -340,29 +369,9 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(family, method):
 
     assert prompt_layout(prompts, 0)[2] >= len(prefix)  # the shared path is the one under test
 
-    def run(min_shared):
-        seen = {}
-
-        def prompt_fn(states, mask):
-            seen["states"], seen["mask"] = states.clone(), mask.clone()
-
-        kwargs = {"bridge": LinearBridge(scale=2.0)} if method == "bridge" else {}
-        if method == "inject":
-            kwargs["inject_fn"] = linear_inject
-        out = generate(family, prompts=prompts, refresh_interval=3, min_shared_prefix=min_shared,
-                       prompt_fn=prompt_fn, score_fn=lambda h: h.sum(-1), **kwargs)
-        return out, seen
-
-    shared, seen_shared = run(8)
-    plain, seen_plain = run(None)
-    assert shared.token_ids == plain.token_ids
-    for a, b in zip(shared.logits, plain.logits, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    for a, b in zip(shared.value_scores, plain.value_scores, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    assert torch.equal(seen_shared["mask"], seen_plain["mask"])
-    real = seen_plain["mask"]  # padded rows carry no meaning (masked everywhere)
-    torch.testing.assert_close(seen_shared["states"][real], seen_plain["states"][real], atol=ATOL, rtol=0)
+    shared, seen_shared = run_method(family, method, prompts, min_shared_prefix=8)
+    plain, seen_plain = run_method(family, method, prompts, min_shared_prefix=None)
+    assert_same_decoding(shared, seen_shared, plain, seen_plain)
     if method == "bridge":
         assert shared.timing.refreshes == plain.timing.refreshes == 2
 
@@ -399,29 +408,9 @@ def test_grouped_prefill_merged_into_one_decode_batch_changes_nothing(family, me
     assert [g.ids.shape[0] for g in groups] == [2, 1, 1]  # the path under test: several groups
     assert all(g.shared >= len(prefix) for g in groups if g.ids.shape[0] > 1)
 
-    def run(prefill_tokens):
-        seen = {}
-
-        def prompt_fn(states, mask):
-            seen["states"], seen["mask"] = states.clone(), mask.clone()
-
-        kwargs = {"bridge": LinearBridge(scale=2.0)} if method == "bridge" else {}
-        if method == "inject":
-            kwargs["inject_fn"] = linear_inject
-        out = generate(family, prompts=prompts, refresh_interval=3, prefill_tokens=prefill_tokens,
-                       prompt_fn=prompt_fn, score_fn=lambda h: h.sum(-1), **kwargs)
-        return out, seen
-
-    grouped, seen_grouped = run(2 * len(prompts[1]))
-    plain, seen_plain = run(None)
-    assert grouped.token_ids == plain.token_ids
-    for a, b in zip(grouped.logits, plain.logits, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    for a, b in zip(grouped.value_scores, plain.value_scores, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    assert torch.equal(seen_grouped["mask"], seen_plain["mask"])
-    real = seen_plain["mask"]
-    torch.testing.assert_close(seen_grouped["states"][real], seen_plain["states"][real], atol=ATOL, rtol=0)
+    grouped, seen_grouped = run_method(family, method, prompts, prefill_tokens=2 * len(prompts[1]))
+    plain, seen_plain = run_method(family, method, prompts, prefill_tokens=None)
+    assert_same_decoding(grouped, seen_grouped, plain, seen_plain)
     if method == "bridge":
         assert grouped.timing.refreshes == plain.timing.refreshes == 2
         assert grouped.timing.bridge_calls == plain.timing.bridge_calls == 3  # the whole batch per call
