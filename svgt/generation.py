@@ -263,7 +263,7 @@ class _CachedDecoder:
     def _lower(self, group: PromptGroup) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks 1..l* on one group: (states of its own columns, states of all its columns incl. the prefix)."""
         ids, mask, shared = group.ids, group.mask, group.shared
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = group.positions
         # the prefix precedes everything a method changes (bridge, injected last row): same for every method
         prefix_h = self.runner.run_shared_prefix(ids[:1, :shared], ids.shape[0], group.cache, self.split) \
             if shared else None
@@ -277,46 +277,36 @@ class _CachedDecoder:
         """The group's plain prompt pass, from ``prompt_cache`` or computed (and kept) now; the group gets a
         private copy of its keys/values to decode with."""
         key = PromptPassCache.key(group, self.split)
-        found = prompt_cache._entries.get(key)
+        found = prompt_cache.get(key)
         if found is None:
             h, full = self._lower(group)
-            positions = (group.mask.cumsum(-1) - 1).clamp(min=0)[:, group.shared:]
-            top = self.runner.run_blocks(h, self.split, self.runner.num_layers, position_ids=positions,
+            top = self.runner.run_blocks(h, self.split, self.runner.num_layers,
+                                         position_ids=group.positions[:, group.shared:],
                                          attention_mask=group.mask, cache=group.cache)
-            found = prompt_cache._entries[key] = _PlainPass(group.cache, h, full, top[:, -1])
-        else:
-            prompt_cache.hits += 1
+            found = prompt_cache.put(key, _PlainPass(group.cache, h, full, top[:, -1]))
         group.cache = clone_cache(found.cache)
         return found
 
     def _after_plain_pass(self, group: PromptGroup, plain: _PlainPass, extra: torch.Tensor | None) -> torch.Tensor:
         """Next-token logits after a plain prompt pass: the bridge rows run against the prompt's keys/values;
         an injected last row replaces the plain one (its upper-block keys/values are cropped first)."""
-        mask = group.mask
-        lengths = mask.sum(-1)
         if self.guidance.method == "bridge":
             assert extra is not None
-            k = extra.shape[1]
-            positions = lengths[:, None] + torch.arange(k, device=mask.device)
-            return self._upper(extra, positions, torch.cat([mask, mask.new_ones((mask.shape[0], k))], dim=1),
-                               group.cache)
+            return self._upper(extra, *group.with_rows(extra.shape[1]), group.cache)
         if self.guidance.method == "inject":
             assert extra is not None
-            self.runner.crop_layers(group.cache, self.split, mask.shape[1] - 1)
-            return self._upper((plain.h[:, -1] + extra)[:, None], (lengths - 1)[:, None], mask, group.cache)
+            self.runner.crop_layers(group.cache, self.split, group.mask.shape[1] - 1)
+            return self._upper((plain.h[:, -1] + extra)[:, None], group.positions[:, -1:], group.mask, group.cache)
         return self.runner.logits(plain.top_last)
 
     def _upper_prompt(self, group: PromptGroup, h: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         """Blocks l*+1..L on one group's own columns, plus its bridge rows or injected last row."""
-        mask, shared = group.mask, group.shared
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        mask, positions = group.mask, group.positions[:, group.shared:]
         if self.guidance.method == "bridge":
             assert extra is not None
-            k = extra.shape[1]
-            lengths = mask.sum(-1)
+            bridge_positions, mask = group.with_rows(extra.shape[1])
             hidden = torch.cat([h, extra], dim=1)
-            positions = torch.cat([positions, lengths[:, None] + torch.arange(k, device=mask.device)], dim=1)
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], k))], dim=1)
+            positions = torch.cat([positions, bridge_positions], dim=1)
         elif self.guidance.method == "inject":
             assert extra is not None
             hidden = h.clone()
@@ -401,6 +391,16 @@ class PromptGroup:
     shared: int  # leading columns common to every row of the group
     cache: DynamicCache = field(default_factory=growing_cache)
 
+    @property
+    def positions(self) -> torch.Tensor:
+        """Position ids of every column [B_g, W_g] (from the mask: padding and gaps do not count)."""
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+
+    def with_rows(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions [B_g, k], 2D mask [B_g, W_g + k]) of ``k`` rows appended after each prompt (a bridge)."""
+        positions = self.mask.sum(-1)[:, None] + torch.arange(k, device=self.mask.device)
+        return positions, torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], k))], dim=1)
+
 
 @dataclass
 class _PlainPass:
@@ -432,6 +432,15 @@ class PromptPassCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def get(self, key: tuple) -> _PlainPass | None:
+        found = self._entries.get(key)
+        self.hits += found is not None
+        return found
+
+    def put(self, key: tuple, entry: _PlainPass) -> _PlainPass:
+        self._entries[key] = entry
+        return entry
 
     @staticmethod
     def key(group: PromptGroup, split: int) -> tuple:

@@ -233,18 +233,17 @@ def response_nll_sums(
         first = torch.log_softmax(runner.logits(h[:, -1]).float(), dim=-1)  # predicts each response's token 0
         # each distinct non-empty response to a prompt is scored once, whichever sets gave it (methods often
         # agree), in batches of similar length
-        pairs = {(row, tuple(r)) for row, i in enumerate(idx) for responses in response_sets
-                 if (r := encode_response(tokenizer, responses[i], add_eos=add_eos))}
+        encoded = {(s, row): tuple(encode_response(tokenizer, responses[i], add_eos=add_eos))
+                   for s, responses in enumerate(response_sets) for row, i in enumerate(idx)}
+        pairs = {(row, r) for (_, row), r in encoded.items() if r}
         pairs_sorted = sorted(pairs, key=lambda pr: (len(pr[1]), pr))
         scored: dict[tuple[int, tuple[int, ...]], tuple[float, int]] = {}
         for chunk_start in range(0, len(pairs_sorted), batch_size):
             chunk = pairs_sorted[chunk_start : chunk_start + batch_size]
             scored.update(zip(chunk, _score_responses(runner, cache, mask, first, chunk), strict=True))
-        for s, responses in enumerate(response_sets):
-            for row, i in enumerate(idx):
-                r = tuple(encode_response(tokenizer, responses[i], add_eos=add_eos))
-                if r:
-                    out[s][i] = scored[(row, r)]
+        for (s, row), r in encoded.items():
+            if r:
+                out[s][idx[row]] = scored[(row, r)]
     return out
 
 
