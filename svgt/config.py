@@ -98,7 +98,7 @@ class ModelConfig:
     encoder_heads: int = 4
     pooling: Literal["last", "attention"] = "last"
     dropout: float = 0.1
-    attention_dropout: float = 0.0
+    attention_dropout: float = 0.1
     cross_attn_heads: int = 4
     cross_scale_init: float = 3.0
     num_bridge_tokens: int = 5
