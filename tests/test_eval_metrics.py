@@ -92,7 +92,7 @@ def test_harm_rates_leave_out_and_count_unparseable_verdicts():
 
 def test_refusal_rate_uses_the_judge_and_names_it():
     out = refusal_rate(["I'm sorry, I can't help.", "Sure, here it is.", "I cannot do that."], RefusalJudge())
-    assert (out["k"], out["n"], out["judge"]) == (2, 3, "refusal-phrases-v1")
+    assert (out["k"], out["n"], out["judge"]) == (2, 3, "refusal-phrases-v2")
 
 
 def _hand_nll(model, ids: list[int], start: int) -> tuple[float, int]:
@@ -173,7 +173,7 @@ def test_main_table_bar_chart(tmp_path):
 def test_render_main_table_cells_relative_change_and_header():
     results = {
         "harm_judge": "svgt-tfidf-harm@abc",
-        "refusal_judge": "refusal-phrases-v1",
+        "refusal_judge": "refusal-phrases-v2",
         "methods": {
             "none": {
                 "harmful_response_rate": rate([True, True, False, False]),
@@ -188,7 +188,7 @@ def test_render_main_table_cells_relative_change_and_header():
         },
     }
     md = render_main_table(results)
-    assert "Harm judge: `svgt-tfidf-harm@abc`; refusal judge: `refusal-phrases-v1`" in md
+    assert "Harm judge: `svgt-tfidf-harm@abc`; refusal judge: `refusal-phrases-v2`" in md
     assert "harmful response rate n=4" in md
     assert "| PPL benign (lower better) | PPL harmful (not gated) | decode tokens/s |" in md
     assert "| none | 50.0 (15.0-85.0) | - | - | - | - | 6.0 (5.0-7.0) | - | 10.0 |" in md

@@ -4,7 +4,7 @@ The results dict (:class:`MainResults`) is what the evaluate step produces::
 
     {
       "harm_judge": "svgt-tfidf-harm@3e3250a67bbf",   # name@version of the harm judge
-      "refusal_judge": "refusal-phrases-v1",
+      "refusal_judge": "refusal-phrases-v2",
       "baseline": "none",                                # relative changes are taken against this method
       "methods": {
         "none": {
