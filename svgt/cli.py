@@ -77,6 +77,7 @@ def cmd_extract(params: Params, args: argparse.Namespace) -> None:
         "layer": summary.layer,
         "examples": summary.examples,
         "tokens": summary.tokens,
+        "tokens_total": summary.tokens_total,
         "tokens_per_second": round(summary.tokens_per_second, 1),
         "wall_seconds": round(summary.wall_seconds, 1),
         "shards_written": summary.shards_written,

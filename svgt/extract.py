@@ -19,14 +19,13 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
@@ -38,7 +37,7 @@ from svgt.backbone.text import encode_prompt, encode_response
 from svgt.config import ExtractConfig
 from svgt.data.schema import SPLITS
 from svgt.hidden_states import FORMAT, INDEX, ExtractionError
-from svgt.io import atomic_path, sha256_file, write_json_atomic
+from svgt.io import atomic_path, save_safetensors, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,8 @@ class ExtractionSummary:
     hidden_size: int
     dtype: str
     examples: dict[str, int] = field(default_factory=dict)
-    tokens: int = 0
+    tokens: int = 0  # computed in this run (reused shards excluded)
+    tokens_total: int = 0  # in every shard of the store, computed now or reused
     shards_written: int = 0
     shards_skipped: int = 0
     prompt_truncated: int = 0
@@ -289,7 +289,7 @@ def run_shard(
         **{k: str(v) for k, v in stats.items()},
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_safetensors(tensors, tmp, metadata=meta)
     return ShardResult(
         spec.file,
         spec.split,
@@ -377,6 +377,7 @@ def _summarise(
         s.shards_written += not r.skipped
         s.prompt_truncated += r.prompt_truncated
         s.response_truncated += r.response_truncated
+        s.tokens_total += r.prompt_tokens + r.response_tokens
         if not r.skipped:
             s.tokens += r.prompt_tokens + r.response_tokens
             s.compute_seconds += r.seconds
@@ -424,7 +425,6 @@ def _write_index(
         "data": {"path": str(data_path), "sha256": sha256_file(data_path), "rows": len(frame)},
         "tensors": TENSOR_DOCS,
         "splits": splits,
-        "stats": {k: v for k, v in asdict(summary).items() if k != "examples"}
-        | {"tokens_per_second": round(summary.tokens_per_second, 1)},
-    }
+    }  # only what the store holds: this run's timings and reuse counts go to the metrics, so that
+    # rerunning extraction on the same inputs writes the same bytes and DVC stops the rerun here
     write_json_atomic(out_dir / INDEX, index)

@@ -104,6 +104,29 @@ def write_json_atomic(target: str | Path, data: Any) -> None:
     write_text_atomic(target, text + "\n")
 
 
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, but the same tensors and metadata always give the same bytes.
+
+    safetensors serialises ``__metadata__`` from a hash map whose order changes from process to process,
+    so two saves of identical content differed and DVC saw a changed output. The header is rewritten with
+    the metadata keys sorted (tensor entries and their data offsets unchanged) and padded to 8 bytes.
+    Not atomic by itself: callers write into an ``atomic_path`` / ``atomic_dir``.
+    """
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(blob)[8 + size :])
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and swap it in whole on success.

@@ -13,7 +13,7 @@ from svgt.backbone import (
     default_layer,
     load_snapshot,
 )
-from svgt.backbone.snapshot import WEIGHTS
+from svgt.backbone.snapshot import WEIGHTS, BackboneManifest
 from svgt.backbone.sources import parse_source
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.config import BackboneConfig
@@ -108,6 +108,14 @@ def test_snapshot_from_local_dir_roundtrip_and_hash_check(tmp_path, family):
     assert manifest.model_type == family
     on_disk = json.loads((tmp_path / "snap" / "manifest.json").read_text())
     assert on_disk["weights_sha256"] == manifest.weights_sha256
+    # a rebuild from the same source writes the same bytes (DVC then reruns nothing downstream)
+    build_snapshot(BackboneConfig(source=str(src), cache_dir=str(tmp_path / "cache")), tmp_path / "again")
+    for path in sorted((tmp_path / "snap").iterdir()):
+        assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
+    # snapshots written before the timestamp was dropped still load
+    legacy = json.loads((tmp_path / "again" / "manifest.json").read_text()) | {"created_unix": 1.7e9}
+    (tmp_path / "again" / "manifest.json").write_text(json.dumps(legacy))
+    assert BackboneManifest.read(tmp_path / "again") == manifest
     model, tok, _ = load_snapshot(tmp_path / "snap")
     ref = load_file(src / "model.safetensors")
     got = model.state_dict()

@@ -521,7 +521,9 @@ def test_fit_baselines_on_a_toy_dataset(model, tok, tmp_path):
     assert set(methods["neva"]["leakage"]["delta_non_target"]) == {"bread", "locks", "sea"}
     assert methods["dpo-lora"]["pair_kinds"] == {"same_prompt": 0, "refusal_substitute": 8}
     assert all(m["fit_seconds"] >= 0 for m in methods.values())
-    assert json.loads((tmp_path / "summary.json").read_text())["methods"].keys() == methods.keys()
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["methods"].keys() == methods.keys()
+    assert "seconds" not in json.dumps(on_disk) and on_disk["methods"]["iti"]["heads"] == methods["iti"]["heads"]
     for method in BASELINE_METHODS:
         loaded = load_baseline(tmp_path / method)
         with loaded.applied(model):

@@ -162,8 +162,10 @@ def test_full_card_adds_extraction_numbers(tmp_path):
     frame = canonical_frame(12)
     write_dataset_card(frame, Provenance(kind="sources", seed=1), tmp_path / "CARD.md")
     (tmp_path / "extract.json").write_text(json.dumps(
-        {"layer": 15, "examples": {"train": 4, "val": 4, "test": 4}, "tokens": 1234, "tokens_per_second": 531.0,
-         "wall_seconds": 12.5, "prompts_truncated": 1, "responses_truncated": 2}))
+        {"layer": 15, "examples": {"train": 4, "val": 4, "test": 4}, "tokens": 1234, "tokens_total": 2000,
+         "tokens_per_second": 531.0, "wall_seconds": 12.5, "shards_skipped": 3, "prompts_truncated": 1,
+         "responses_truncated": 2}))
     text = write_full_card(tmp_path / "CARD.json", tmp_path / "extract.json", tmp_path / "full.md")
-    assert "Layer l* = 15; 12 examples (train 4, val 4, test 4); 1234 tokens in 12.5 s wall (531.0 tokens/s" in text
+    assert ("Layer l* = 15; 12 examples (train 4, val 4, test 4); 2000 tokens, of which this run computed 1234 in "
+            "12.5 s wall (531.0 tokens/s of compute) and reused 3 stored shard(s); 1 prompts") in text
     assert "| train | 4 |" in text and (tmp_path / "full.md").read_text() == text

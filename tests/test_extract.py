@@ -116,11 +116,16 @@ def test_extract_writes_exact_states_and_index(tmp_path, tiny_snapshot, canonica
 def test_extract_resumes_and_redoes_only_missing_shards(tmp_path, tiny_snapshot, canonical_parquet):
     cfg = ExtractConfig(layer=2, shard_size=5)
     out = tmp_path / "hidden"
-    extract_hidden_states(tiny_snapshot, canonical_parquet, cfg, out, progress=False)
+    first = extract_hidden_states(tiny_snapshot, canonical_parquet, cfg, out, progress=False)
+    index = (out / "index.json").read_bytes()
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}
     (out / "val-00001.safetensors").unlink()
     again = extract_hidden_states(tiny_snapshot, canonical_parquet, cfg, out, progress=False)
     assert again.shards_written == 1 and again.shards_skipped == 5
+    assert again.tokens < again.tokens_total == first.tokens_total == first.tokens
+    # the index holds only what the store holds (no timings, no reuse counts): the same bytes after a resume,
+    # so DVC sees an unchanged output and reruns nothing downstream
+    assert (out / "index.json").read_bytes() == index
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}
     assert {k for k in before if before[k] == after.get(k)} == set(before) - {"val-00001.safetensors"}
     # a different layer invalidates every shard

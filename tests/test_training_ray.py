@@ -64,5 +64,11 @@ def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root
         tmp_path / "plots/stage1.csv").read_text().splitlines()[0]
     module, meta = load_value_module(tmp_path / "m2")
     assert meta["stage"] == 2 and meta["layer"] == 2 and len(meta["history"]) == 1
+    # the module directory records no timings and no absolute paths: rerunning the stage on the same inputs
+    # writes the same bytes, so DVC reruns nothing downstream
+    assert "train_seconds" not in meta["metrics"] and (tmp_path / "ray" / meta["ray_run"]).is_dir()
+    assert main([*common, "--stage", "1", "--out", str(tmp_path / "m1-again")]) == 0
+    for name in ("config.json", "weights.safetensors", "manifest.json"):
+        assert (tmp_path / "m1-again" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes(), name
     assert os.path.exists(tmp_path / "m2" / "weights.safetensors")
     assert main([*common, "--stage", "2", "--out", str(tmp_path / "m3")]) == 1  # no --init: clear error

@@ -35,7 +35,6 @@ class BackboneManifest:
     dtype: str
     has_chat_template: bool
     transformers_version: str
-    created_unix: float
     # sha256 of every file of the snapshot (tokenizer, chat template, config...), not only the weights;
     # empty in snapshots written before it existed (then only the weights are verified)
     files: dict[str, str] = field(default_factory=dict)
@@ -49,6 +48,7 @@ class BackboneManifest:
             raise BackboneError(
                 f"{directory}: not a backbone snapshot (no {MANIFEST}); run `svgt backbone` first"
             ) from None
+        data.pop("created_unix", None)  # written by snapshots before 2026-12: a timestamp made rebuilds differ
         return cls(**data)
 
 
@@ -86,7 +86,6 @@ def build_snapshot(
             dtype=cfg.dtype,
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
             transformers_version=transformers.__version__,
-            created_unix=time.time(),
             files=file_checksums(tmp),
         )
         write_json_atomic(tmp / MANIFEST, asdict(manifest))

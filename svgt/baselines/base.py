@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from svgt.backbone.text import encode_prompt
-from svgt.io import atomic_dir, sha256_file
+from svgt.io import atomic_dir, save_safetensors, sha256_file
 
 FORMAT = "svgt-baseline/1"
 CONFIG = "baseline.json"
@@ -89,7 +89,7 @@ class Baseline(ABC):
         with atomic_dir(directory) as tmp:
             files = {}
             if tensors:
-                save_file(tensors, tmp / WEIGHTS, metadata={"format": FORMAT, "method": self.method})
+                save_safetensors(tensors, tmp / WEIGHTS, metadata={"format": FORMAT, "method": self.method})
                 files[WEIGHTS] = sha256_file(tmp / WEIGHTS)
             payload["files"] = files
             (tmp / CONFIG).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")

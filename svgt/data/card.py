@@ -203,8 +203,10 @@ def _extraction_md(x: dict[str, Any]) -> list[str]:
         "## Hidden-state extraction",
         "",
         f"Layer l* = {x.get('layer')}; {sum(examples.values())} examples "
-        f"({', '.join(f'{k} {v}' for k, v in examples.items())}); {x.get('tokens')} tokens in "
-        f"{x.get('wall_seconds')} s wall ({x.get('tokens_per_second')} tokens/s of compute); "
+        f"({', '.join(f'{k} {v}' for k, v in examples.items())}); {x.get('tokens_total', x.get('tokens'))} "
+        f"tokens, of which this run computed {x.get('tokens')} in {x.get('wall_seconds')} s wall "
+        f"({x.get('tokens_per_second')} tokens/s of compute) and reused {x.get('shards_skipped', 0)} stored "
+        "shard(s); "
         f"{x.get('prompts_truncated')} prompts and {x.get('responses_truncated')} responses truncated "
         "(prompts keep their last `extract.max_prompt_tokens` tokens, responses their first "
         "`extract.max_response_tokens`).",

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from svgt.io import MANIFEST, atomic_dir, file_checksums, sha256_file, write_json_atomic
+from svgt.io import MANIFEST, atomic_dir, file_checksums, save_safetensors, sha256_file, write_json_atomic
 from svgt.model.bridge import InjectProjector, LatentValueBridge
 from svgt.model.config import ValueModuleConfig, ValueModuleError
 from svgt.model.correction import value_correction
@@ -118,7 +118,7 @@ def save_value_module(module: ValueModule, directory: str | Path, metadata: dict
     config_text = _config_json(module.config, metadata or {})
     state = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
     with atomic_dir(directory) as tmp:
-        save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT})
+        save_safetensors(state, tmp / WEIGHTS, metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
         write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "files": file_checksums(tmp)})
     return directory

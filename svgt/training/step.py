@@ -110,15 +110,18 @@ def train_stage(
         "layer": store.layer,
         "data_sha256": sha256_file(data_path),
         "hidden_index_sha256": sha256_file(hidden_dir / "index.json"),
-        "ray_run": outcome.run_path,
+        # the run's name under train.ray.storage_path, not its absolute path, and no timings: the same
+        # inputs give the same module directory, byte for byte, wherever and however long it ran
+        "ray_run": Path(outcome.run_path.rstrip("/")).name,
         "params": {"model": job.model, "train": job.train},
-        "metrics": _finite(metrics),
+        "metrics": _finite({k: v for k, v in metrics.items() if k != "train_seconds"}),
         "history": [_finite(h) for h in outcome.history],
     }
     save_value_module(outcome.module, out_dir, metadata)
     write_json_atomic(metrics_dir / f"stage{stage}.json", _finite(metrics))
     write_text_atomic(plots_dir / f"stage{stage}.csv", _curve_csv(outcome.history))
-    log.info("stage %d done in %.0fs: %s", stage, train_seconds, {k: v for k, v in test.items() if "auroc" in k})
+    log.info("stage %d done in %.0fs (Ray Train run %s): %s", stage, train_seconds, outcome.run_path,
+             {k: v for k, v in test.items() if "auroc" in k})
     return metrics
 
 
