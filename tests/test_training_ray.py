@@ -41,7 +41,7 @@ def test_stage1_on_ray_train_and_killed_worker_resumes(tiny_pipeline, tmp_path, 
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
 
 
-def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root):
+def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root, caplog):
     import yaml
 
     from svgt.cli import main
@@ -67,7 +67,10 @@ def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root
     # the module directory records no timings and no absolute paths: rerunning the stage on the same inputs
     # writes the same bytes, so DVC reruns nothing downstream
     assert "train_seconds" not in meta["metrics"] and (tmp_path / "ray" / meta["ray_run"]).is_dir()
-    assert main([*common, "--stage", "1", "--out", str(tmp_path / "m1-again")]) == 0
+    meta1 = load_value_module(tmp_path / "m1")[1]
+    with caplog.at_level("INFO", logger="svgt.training.ray_runner"):
+        assert main([*common, "--stage", "1", "--out", str(tmp_path / "m1-again")]) == 0
+    assert f"Ray Train run {meta1['ray_run']} already exists under {tmp_path / 'ray'}: resuming" in caplog.text
     for name in ("config.json", "weights.safetensors", "manifest.json"):
         assert (tmp_path / "m1-again" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes(), name
     assert os.path.exists(tmp_path / "m2" / "weights.safetensors")

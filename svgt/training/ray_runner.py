@@ -92,6 +92,12 @@ def ensure_ray(cfg: RayConfig, *, in_cluster: bool = False) -> bool:
     return True
 
 
+def run_exists(storage: str, name: str) -> bool:
+    """True if the local ``storage/name`` already holds a Ray Train run. Remote storage (s3://...) is not
+    probed, to add no network round trip; Ray itself logs the restore there."""
+    return "://" not in storage and (Path(storage) / name).is_dir()
+
+
 def run_stage(job: StageJob, fingerprint: str, *, in_cluster: bool = False) -> StageOutcome:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -100,6 +106,11 @@ def run_stage(job: StageJob, fingerprint: str, *, in_cluster: bool = False) -> S
     cfg = job.train_config.ray
     started = ensure_ray(cfg, in_cluster=in_cluster)
     name = job.run_name(fingerprint)
+    storage = resolve_storage_path(cfg.storage_path)
+    if run_exists(storage, name):
+        # the name is stage + params + inputs: the same run, interrupted or finished, so it is not trained twice
+        log.info("stage %d: Ray Train run %s already exists under %s: resuming from its last checkpoint "
+                 "(a finished run returns its final checkpoint without training)", job.stage, name, storage)
     try:
         trainer = TorchTrainer(
             train_worker,
@@ -109,7 +120,7 @@ def run_stage(job: StageJob, fingerprint: str, *, in_cluster: bool = False) -> S
             ),
             run_config=RunConfig(
                 name=name,
-                storage_path=resolve_storage_path(cfg.storage_path),
+                storage_path=storage,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
