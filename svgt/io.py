@@ -104,6 +104,16 @@ def write_json_atomic(target: str | Path, data: Any) -> None:
     write_text_atomic(target, text + "\n")
 
 
+def without_timings(data: Any) -> Any:
+    """``data`` without its ``*_seconds`` entries, at any depth: they belong in the metrics, not in an
+    artifact, whose bytes should depend only on its inputs (DVC compares outputs by their bytes)."""
+    if isinstance(data, dict):
+        return {k: without_timings(v) for k, v in data.items() if not k.endswith("_seconds")}
+    if isinstance(data, list):
+        return [without_timings(v) for v in data]
+    return data
+
+
 def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file``, but the same tensors and metadata always give the same bytes.
 

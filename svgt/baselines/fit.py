@@ -34,7 +34,7 @@ from svgt.baselines.re_control import fit_re_control
 from svgt.baselines.registry import BASELINE_METHODS
 from svgt.baselines.system_prompt import SystemPromptBaseline
 from svgt.config import BaselinesConfig
-from svgt.io import sha256_file, write_json_atomic
+from svgt.io import sha256_file, without_timings, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,6 @@ def fit_baselines_on(
     summary.update({k: v for k, v in metadata.items() if k != "baselines_config"})
     write_json_atomic(out_dir / SUMMARY, without_timings(summary))  # same fit, same bytes (DVC output)
     return summary
-
-
-def without_timings(data: Any) -> Any:
-    """``data`` without its ``*_seconds`` entries, at any depth: they belong in the metrics, not the artifact."""
-    if isinstance(data, dict):
-        return {k: without_timings(v) for k, v in data.items() if not k.endswith("_seconds")}
-    if isinstance(data, list):
-        return [without_timings(v) for v in data]
-    return data
 
 
 def fit_baselines(

@@ -15,7 +15,7 @@ import pandas as pd
 
 from svgt.config import Params
 from svgt.hidden_states import HiddenStateStore
-from svgt.io import sha256_file, write_json_atomic, write_text_atomic
+from svgt.io import sha256_file, without_timings, write_json_atomic, write_text_atomic
 from svgt.model import save_value_module
 from svgt.model.module import load_value_module
 from svgt.training.data import load_stage_examples
@@ -114,7 +114,7 @@ def train_stage(
         # inputs give the same module directory, byte for byte, wherever and however long it ran
         "ray_run": Path(outcome.run_path.rstrip("/")).name,
         "params": {"model": job.model, "train": job.train},
-        "metrics": _finite({k: v for k, v in metrics.items() if k != "train_seconds"}),
+        "metrics": _finite(without_timings(metrics)),
         "history": [_finite(h) for h in outcome.history],
     }
     save_value_module(outcome.module, out_dir, metadata)
