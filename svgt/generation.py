@@ -27,7 +27,11 @@ Refresh modes:
   test models (init std 0.1, ``test_bridge_only_refresh_deviation_is_small`` prints it): Llama/Mistral
   2.3e-3, Qwen2 3.7e-4, GPT-2 2.3e-4; 1.2e-2..1.7e-2 with init std 0.2; NOTES.md records 0.039 on a
   tiny Llama. The error grows with the bridge change and the number of tokens decoded under the old
-  bridge, and it is not bounded: use it for speed studies, not for reported results.
+  bridge, and it is not bounded: use it for speed studies, not for reported results. On the trained
+  embedded module (32 greedy tokens, r=5) only 3 of 8 rows equal the exact refresh's. It saves time only
+  where decoding is compute-bound (batch 8 on CPU): it makes a second pass through the upper blocks for
+  the K rows, which at batch 1 costs about what the exact refresh's K + t rows cost
+  (``benchmarks/bench_generation.py``).
 
 Callables (all receive detached layer-l* states with autograd *enabled*, since the value module's
 correction step differentiates its discriminator; their outputs are detached):
