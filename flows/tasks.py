@@ -147,8 +147,9 @@ def _svgt_logs_to_run_log() -> Iterator[None]:
         logger.propagate = old_propagate
 
 
-def run_step(params_path: str | Path, argv: list[str]) -> None:
-    """``svgt --params PARAMS <argv>`` in-process, raising the step's exception instead of exiting.
+def run_step(params_path: str | Path, argv: list[str]) -> Any:
+    """``svgt --params PARAMS <argv>`` in-process, raising the step's exception instead of exiting; returns
+    what the step's command function returns (most return None).
 
     The same parse-then-call as ``svgt.cli.main``; errors keep their type so retry_transient can judge them.
     """
@@ -157,7 +158,7 @@ def run_step(params_path: str | Path, argv: list[str]) -> None:
 
     args = build_parser().parse_args(["--params", str(params_path), *argv])
     with _svgt_logs_to_run_log():
-        args.func(load_params(args.params), args)
+        return args.func(load_params(args.params), args)
 
 
 def _step_task(step: str, **options: Any):
@@ -260,7 +261,7 @@ def register(params_path: str) -> dict[str, Any]:
 
     started = time.time()
     try:
-        run_step(params_path, STEP_ARGV["register"])
+        registered = run_step(params_path, STEP_ARGV["register"])
     except StepFailed as err:
         report = read_gate_report(GATE_REPORT) if _fresh(GATE_REPORT, started) else None
         if report is not None and not report.passed:
@@ -274,8 +275,10 @@ def register(params_path: str) -> dict[str, Any]:
         get_run_logger().warning("registered, but could not read %s: %s", GATE_REPORT, err)
     version = _alias_version(params_path, REGISTER_ALIAS)
     if version is not None:
+        # registry.reuse_identical: an identical module moves the alias to the version registered before
+        version["reused"] = bool(getattr(registered, "reused", False))
         _publish(create_markdown_artifact, markdown=registered_markdown(version), key="svgt-registry",
-                 description="The value module version this run registered")
+                 description="The value module version this run registered (or found already registered)")
     return version or {}
 
 
@@ -402,7 +405,10 @@ def validation_markdown(summary: dict[str, Any]) -> str:
 
 def registered_markdown(version: dict[str, Any]) -> str:
     aliases = ", ".join(f"`{a}`" for a in version["aliases"]) or "(none)"
-    return (f"# Registered {version['name']} version {version['version']}\n\n"
+    title = (f"# {version['name']} version {version['version']}: unchanged\n\nThis run's module is "
+             f"byte-identical to this version, registered before; no new version was created.\n\n"
+             if version.get("reused") else f"# Registered {version['name']} version {version['version']}\n\n")
+    return (title +
             f"- aliases: {aliases}\n- MLflow run: `{version['run_id']}`\n"
             f"- tracking URI: `{version['tracking_uri']}`\n"
             f"- load: `models:/{version['name']}/{version['version']}`\n")

@@ -12,9 +12,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from svgt.config import ConfigError, Params, load_params
 from svgt.method_names import ALL_METHODS
+
+if TYPE_CHECKING:  # the registry imports MLflow: only the register step pays for it
+    from svgt.registry import RegisteredVersion
 
 log = logging.getLogger("svgt")
 
@@ -176,7 +180,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
     print(Path(args.report).read_text(encoding="utf-8"))
 
 
-def cmd_register(params: Params, args: argparse.Namespace) -> None:
+def cmd_register(params: Params, args: argparse.Namespace) -> RegisteredVersion:
     import dataclasses
     import subprocess
 
@@ -191,7 +195,12 @@ def cmd_register(params: Params, args: argparse.Namespace) -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     version = register_module(args.module, report, params.registry, params=dataclasses.asdict(params),
                               git_commit=commit)
-    print(f"registered {version.name} version {version.version} with alias(es) {', '.join(version.aliases)}")
+    if version.reused:
+        print(f"not registered again: {args.module} is byte-identical to {version.name} version {version.version}; "
+              f"its alias(es) now: {', '.join(version.aliases)}")
+    else:
+        print(f"registered {version.name} version {version.version} with alias(es) {', '.join(version.aliases)}")
+    return version
 
 
 def cmd_promote(params: Params, args: argparse.Namespace) -> None:

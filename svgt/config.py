@@ -216,6 +216,9 @@ class RegistryConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     model_name: str = "svgt-value-module"
     experiment: str = "svgt"
+    # a module byte-identical (same manifest) to a registered, gate-passed version is not registered again:
+    # alias challenger moves to that version, so scheduled retrains on unchanged inputs add no versions
+    reuse_identical: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Lifecycle (aliases, not the deprecated stages)::
 
-    register_module(...)   new version of cfg.model_name, alias "challenger" -> it
+    register_module(...)   new version of cfg.model_name, alias "challenger" -> it (or, when the module is
+                           byte-identical to a gate-passed version, "challenger" -> that version)
     promote(cfg)           alias "production" -> the version holding "challenger", if its gates_passed tag is "true"
     resolve_module_uri("models:/svgt-value-module@production")   downloaded + checksum-verified local directory
 
@@ -15,6 +16,7 @@ credentials (URL userinfo, values of secret-looking environment variables) are r
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -42,6 +44,8 @@ from svgt.registry_uri import (
 
 __all__ = ["RegisteredVersion", "RegistryError", "promote", "register_module", "resolve_module_uri"]
 
+log = logging.getLogger(__name__)
+
 CHALLENGER = "challenger"
 PRODUCTION = "production"
 GATES_PASSED_TAG = "gates_passed"
@@ -59,6 +63,7 @@ class RegisteredVersion:
     version: int
     run_id: str
     aliases: tuple[str, ...]
+    reused: bool = False  # True: an identical module was already registered as this version
 
 
 # ---------------------------------------------------------------------------------------------- redaction
@@ -155,6 +160,25 @@ def _verify_logged(client: Any, name: str, version: int | str) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
+def _identical_version(client: Any, name: str, manifest_sha256: str) -> Any | None:
+    """The newest gate-passed version whose files are ``manifest_sha256``'s and whose stored copy still
+    verifies; None if there is none (a version that fails verification is logged and passed over)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.search_model_versions(f"tags.manifest_sha256='{manifest_sha256}'")  # hex: safe to quote
+    for mv in sorted((v for v in found if v.name == name), key=lambda v: -int(v.version)):
+        if mv.tags.get(GATES_PASSED_TAG) != "true" or mv.status != "READY":
+            continue
+        try:
+            _verify_logged(client, name, mv.version)
+        except (RegistryError, MlflowException, OSError) as err:
+            log.warning("version %s of %s holds the same module but its stored copy does not verify (%s): "
+                        "registering a new version", mv.version, name, err)
+            continue
+        return mv
+    return None
+
+
 def _abandon(client: Any, run_id: str, name: str, mv: Any) -> None:
     """Best-effort cleanup after a failed registration: no half-registered version is left to promote."""
     try:
@@ -174,6 +198,11 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     Refuses (RegistryError; nothing is logged or registered) when the gates did not pass or the module's files
     do not match its manifest. ``artifact_location`` is used only when ``cfg.experiment`` is created here
     (default: the tracking store's default artifact root). The new version gets alias ``challenger``.
+
+    With ``cfg.reuse_identical``, a module whose manifest (the sha256 of every file) equals that of a
+    gate-passed version already registered, and whose stored copy still verifies, is not registered again:
+    alias ``challenger`` moves to that version and the result has ``reused=True``. Its tags (gate results,
+    git commit) stay those of the run that registered it.
     """
     module_dir = Path(module_dir)
     if not isinstance(gate_report, GateReport):
@@ -209,6 +238,14 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     try:
         experiment_id = _ensure_experiment(client, cfg.experiment, artifact_location)
         _ensure_registered_model(client, cfg.model_name)
+        same = _identical_version(client, cfg.model_name, tags["manifest_sha256"]) if cfg.reuse_identical else None
+        if same is not None:
+            client.set_registered_model_alias(cfg.model_name, CHALLENGER, same.version)
+            log.info("%s is byte-identical to %s version %s (manifest sha256 %s): no new version, alias %s -> %s",
+                     module_dir, cfg.model_name, same.version, tags["manifest_sha256"], CHALLENGER, same.version)
+            mv = client.get_model_version(cfg.model_name, same.version)
+            return RegisteredVersion(cfg.model_name, int(mv.version), mv.run_id, tuple(sorted(mv.aliases)),
+                                     reused=True)
         run = client.create_run(experiment_id, run_name=f"register-{cfg.model_name}",
                                 tags={k: v for k, v in tags.items() if k != "gate_results"})
     except MlflowException as err:

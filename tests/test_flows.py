@@ -21,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from tiny import canonical_frame
 
@@ -156,6 +157,7 @@ class Pipeline:
         metrics = {"stage": stage, "epochs": 2, "final_val_auroc": 0.8}
         if stage == 2:
             metrics["test_pair_auroc"] = self.stage2_auroc
+        torch.manual_seed(stage)  # like real training on unchanged inputs: the same module bytes every run
         module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
         save_value_module(module, out_dir, {"stage": stage, "backbone_source": "fake", "metrics": metrics,
                                             "backbone_weights_sha256": BACKBONE_SHA, "data_sha256": "d" * 64})
@@ -234,6 +236,24 @@ def test_flow_runs_steps_in_dag_order_and_registers(passed_run):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("svgt-flow-test", "challenger")
     assert int(mv.version) == 1 and mv.tags["gates_passed"] == "true"
+
+
+def test_rerun_on_unchanged_inputs_adds_no_registry_version(prefect_server, tmp_path, monkeypatch):
+    """A scheduled retrain that rebuilds a byte-identical module points challenger at the version it already
+    has (registry.reuse_identical) and says so in its registry artifact."""
+    from mlflow import MlflowClient
+
+    root = make_checkout(tmp_path / "checkout")
+    Pipeline(monkeypatch)
+    first, second = run_flow(root), run_flow(root)
+    assert first.is_completed() and second.is_completed(), failure_message(second)
+    assert (first.result()["registered"]["reused"], second.result()["registered"]["reused"]) == (False, True)
+    assert second.result()["registered"]["version"] == 1
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    assert len(MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='svgt-flow-test'")) == 1
+    text = artifacts_of(second)["svgt-registry"].data
+    assert "version 1: unchanged" in text and "no new version was created" in text
+    assert "# Registered svgt-flow-test version 1" in artifacts_of(first)["svgt-registry"].data
 
 
 def test_transient_failure_is_retried_and_the_task_states_say_so(passed_run):

@@ -276,3 +276,51 @@ def test_module_without_backbone_hash_is_refused(tmp_path, store):
         register_module(module_dir, passing_report(), cfg, params=PARAMS, git_commit=None,
                         artifact_location=artifacts)
     assert_nothing_registered(cfg)
+
+
+def test_identical_module_is_not_registered_twice(tmp_path, store, caplog):
+    """A scheduled retrain on unchanged inputs rebuilds a byte-identical module: no second version; challenger
+    moves back to the identical version even after another module took it. A changed module, or
+    reuse_identical off, registers a new version; a version whose gates_passed tag was withdrawn is not reused."""
+    import dataclasses
+    import logging
+
+    cfg, artifacts = store
+    client = client_for(cfg)
+    first = register_module(make_module_dir(tmp_path / "a", seed=1), passing_report(), cfg, params=PARAMS,
+                            git_commit="c1", artifact_location=artifacts)
+    other = register_module(make_module_dir(tmp_path / "b", seed=2), passing_report(), cfg, params=PARAMS,
+                            git_commit="c2", artifact_location=artifacts)
+    assert (first.version, other.version, first.reused, other.reused) == (1, 2, False, False)
+
+    rebuilt = make_module_dir(tmp_path / "a-again", seed=1)  # same seed and metadata: same bytes
+    with caplog.at_level(logging.INFO, logger="svgt.registry"):
+        again = register_module(rebuilt, passing_report(), cfg, params=PARAMS, git_commit="c3",
+                                artifact_location=artifacts)
+    assert (again.version, again.reused, again.aliases, again.run_id) == (1, True, ("challenger",), first.run_id)
+    assert "byte-identical to svgt-test-module version 1" in caplog.text
+    assert len(client.search_model_versions(f"name='{cfg.model_name}'")) == 2
+    assert client.get_model_version(cfg.model_name, "1").tags["git_commit"] == "c1"  # its own run's tags stay
+
+    changed = make_module_dir(tmp_path / "a-changed", seed=1, data_sha256="c" * 64)
+    assert register_module(changed, passing_report(), cfg, params=PARAMS, git_commit="c4",
+                           artifact_location=artifacts).version == 3
+    forced = dataclasses.replace(cfg, reuse_identical=False)
+    assert register_module(rebuilt, passing_report(), forced, params=PARAMS, git_commit="c5",
+                           artifact_location=artifacts).version == 4
+    for version in ("1", "4"):
+        client.set_model_version_tag(cfg.model_name, version, "gates_passed", "false")
+    renewed = register_module(rebuilt, passing_report(), cfg, params=PARAMS, git_commit="c6",
+                              artifact_location=artifacts)
+    assert (renewed.version, renewed.reused) == (5, False)
+
+
+def test_identical_version_whose_stored_copy_fails_verification_is_not_reused(tmp_path, store):
+    cfg, artifacts = store
+    first = register_module(make_module_dir(tmp_path / "a", seed=1), passing_report(), cfg, params=PARAMS,
+                            git_commit="c1", artifact_location=artifacts)
+    stored = next(Path(artifacts).rglob("weights.safetensors"))
+    flip_last_byte(stored)
+    again = register_module(make_module_dir(tmp_path / "a-again", seed=1), passing_report(), cfg, params=PARAMS,
+                            git_commit="c2", artifact_location=artifacts)
+    assert (first.version, again.version, again.reused) == (1, 2, False)
