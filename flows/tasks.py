@@ -283,11 +283,14 @@ def register(params_path: str) -> dict[str, Any]:
 
 
 @_step_task("promote")
-def promote_alias(params_path: str, alias: str, version: int | None, from_alias: str) -> int:
-    """`svgt promote`: point ``alias`` at ``version`` (default: the version ``from_alias`` points at)."""
+def promote_alias(params_path: str, alias: str, version: int | None, from_alias: str,
+                  to_tracking_uri: str | None = None) -> int:
+    """`svgt promote`: point ``alias`` at ``version`` (default: the version ``from_alias`` points at); with
+    ``to_tracking_uri``, copy that version into that registry (same model name) and set ``alias`` there."""
     argv = ["promote", "--alias", alias, "--from-alias", from_alias]
-    run_step(params_path, argv + (["--version", str(version)] if version is not None else []))
-    promoted = _alias_version(params_path, alias)
+    argv += ["--version", str(version)] if version is not None else []
+    run_step(params_path, argv + (["--to-tracking-uri", to_tracking_uri] if to_tracking_uri else []))
+    promoted = _alias_version(params_path, alias, tracking_uri=to_tracking_uri)
     if promoted is None:
         return version if version is not None else -1
     source = f"version {version}" if version is not None else f"@{from_alias}"
@@ -313,19 +316,21 @@ def _publish_gates(text: str) -> None:
              description="Quality gates (all must pass to register)")
 
 
-def _alias_version(params_path: str, alias: str) -> dict[str, Any] | None:
-    """The registry's view of ``models:/NAME@alias`` (what the step just set); None (logged) if unreadable."""
+def _alias_version(params_path: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """The registry's view of ``models:/NAME@alias`` (what the step just set) in params' registry or in
+    ``tracking_uri``; None (logged) if unreadable."""
     from svgt.config import load_params
-    from svgt.registry_uri import mlflow_client
+    from svgt.registry_uri import mlflow_client, redact_url
 
     cfg = load_params(params_path).registry
+    uri = tracking_uri or cfg.tracking_uri
     try:
-        mv = mlflow_client(cfg.tracking_uri).get_model_version_by_alias(cfg.model_name, alias)
+        mv = mlflow_client(uri).get_model_version_by_alias(cfg.model_name, alias)
     except Exception as err:
         get_run_logger().warning("registered, but could not read %s@%s back: %s", cfg.model_name, alias, err)
         return None
     return {"name": cfg.model_name, "version": int(mv.version), "run_id": mv.run_id,
-            "aliases": sorted(mv.aliases), "tracking_uri": cfg.tracking_uri}
+            "aliases": sorted(mv.aliases), "tracking_uri": redact_url(uri)}
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -204,10 +204,25 @@ def cmd_register(params: Params, args: argparse.Namespace) -> RegisteredVersion:
 
 
 def cmd_promote(params: Params, args: argparse.Namespace) -> None:
+    import dataclasses
+
     from svgt.registry import promote
 
-    version = promote(params.registry, alias=args.alias, version=args.version, from_alias=args.from_alias)
-    print(f"{params.registry.model_name}@{args.alias} -> version {version}")
+    src = params.registry
+    if args.to_tracking_uri is None:
+        if args.to_model_name or args.to_experiment:
+            raise StepFailed("--to-model-name and --to-experiment need --to-tracking-uri")
+        version = promote(src, alias=args.alias, version=args.version, from_alias=args.from_alias)
+        print(f"{src.model_name}@{args.alias} -> version {version}")
+        return
+    from svgt.registry import copy_version
+    from svgt.registry_uri import redact_url
+
+    dst = dataclasses.replace(src, tracking_uri=args.to_tracking_uri, model_name=args.to_model_name or src.model_name,
+                              experiment=args.to_experiment or src.experiment)
+    copied = copy_version(src, dst, version=args.version, from_alias=args.from_alias, alias=args.alias)
+    how = "an identical version already there" if copied.reused else "a new version"
+    print(f"{dst.model_name}@{args.alias} in {redact_url(dst.tracking_uri)} -> version {copied.version} ({how})")
 
 
 def _require_validation(report_dir: Path, data: Path) -> None:
@@ -296,10 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("register", cmd_register, "check the evaluation gates; register the module (alias challenger) if all pass")
     p.add_argument("--module", default=Path("models/stage3"), type=Path)
     p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p = add("promote", cmd_promote, "move an alias (default production) to a gate-passed version")
-    p.add_argument("--alias", default="production")
+    p = add("promote", cmd_promote, "move an alias (default production) to a gate-passed version, or copy that "
+                                    "version into another registry (--to-tracking-uri)")
+    p.add_argument("--alias", default="production", help="the alias to set")
     p.add_argument("--version", default=None, type=int, help="default: the version holding --from-alias")
-    p.add_argument("--from-alias", default="challenger")
+    p.add_argument("--from-alias", default="challenger", help="picks the version when --version is not given")
+    p.add_argument("--to-tracking-uri", default=None,
+                   help="copy the version into this MLflow registry (verified) and set --alias there")
+    p.add_argument("--to-model-name", default=None, help="model name in the target registry (default: the same)")
+    p.add_argument("--to-experiment", default=None, help="experiment for the copy's run (default: the same)")
     p = add("generate", cmd_generate, "generate with or without a value module (JSONL in, JSONL out)")
     p.add_argument("--module", default=None, help="value module: a directory, an fsspec URL or models:/NAME@ALIAS")
     p.add_argument("--method", default="svgt", choices=ALL_METHODS)

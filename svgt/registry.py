@@ -5,6 +5,7 @@ Lifecycle (aliases, not the deprecated stages)::
     register_module(...)   new version of cfg.model_name, alias "challenger" -> it (or, when the module is
                            byte-identical to a gate-passed version, "challenger" -> that version)
     promote(cfg)           alias "production" -> the version holding "challenger", if its gates_passed tag is "true"
+    copy_version(src, dst) a gate-passed version of one registry into another (a production registry), alias there
     resolve_module_uri("models:/svgt-value-module@production")   downloaded + checksum-verified local directory
 
 Every call uses an explicit ``MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)``; the
@@ -42,7 +43,7 @@ from svgt.registry_uri import (
     verify_module_dir,
 )
 
-__all__ = ["RegisteredVersion", "RegistryError", "promote", "register_module", "resolve_module_uri"]
+__all__ = ["RegisteredVersion", "RegistryError", "copy_version", "promote", "register_module", "resolve_module_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -232,17 +233,27 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
         "manifest_sha256": sha256_file(module_dir / MANIFEST),
         "module_stage": str(metadata.get("stage", "unknown")),
     }
+    return _store_version(mlflow_client(cfg.tracking_uri), cfg, module_dir, alias=CHALLENGER, tags=tags,
+                          params=_param_items(params, secrets), metrics=_metric_items(metadata, gate_report),
+                          description=format_gate_report(gate_report), artifact_location=artifact_location)
+
+
+def _store_version(client: Any, cfg: RegistryConfig, module_dir: Path, *, alias: str, tags: dict[str, str],
+                   params: dict[str, str], metrics: dict[str, float], description: str,
+                   artifact_location: str | None) -> RegisteredVersion:
+    """Log a checked module directory to a new run of ``cfg``'s store, register it, verify the stored copy and
+    point ``alias`` at it; or, with ``cfg.reuse_identical``, point ``alias`` at an identical gate-passed version.
+    A failure leaves no version behind."""
     from mlflow.exceptions import MlflowException
 
-    client = mlflow_client(cfg.tracking_uri)
     try:
         experiment_id = _ensure_experiment(client, cfg.experiment, artifact_location)
         _ensure_registered_model(client, cfg.model_name)
         same = _identical_version(client, cfg.model_name, tags["manifest_sha256"]) if cfg.reuse_identical else None
         if same is not None:
-            client.set_registered_model_alias(cfg.model_name, CHALLENGER, same.version)
+            client.set_registered_model_alias(cfg.model_name, alias, same.version)
             log.info("%s is byte-identical to %s version %s (manifest sha256 %s): no new version, alias %s -> %s",
-                     module_dir, cfg.model_name, same.version, tags["manifest_sha256"], CHALLENGER, same.version)
+                     module_dir, cfg.model_name, same.version, tags["manifest_sha256"], alias, same.version)
             mv = client.get_model_version(cfg.model_name, same.version)
             return RegisteredVersion(cfg.model_name, int(mv.version), mv.run_id, tuple(sorted(mv.aliases)),
                                      reused=True)
@@ -255,14 +266,12 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     mv = None
     try:
         client.log_artifacts(run_id, str(module_dir), MODULE_ARTIFACT)
-        client.log_text(run_id, gates_json, "gates.json")
-        _log_batch(client, run_id, params=_param_items(params, secrets), metrics=_metric_items(metadata, gate_report),
-                   tags={"gate_results": gates_json})
+        client.log_text(run_id, tags["gate_results"], "gates.json")
+        _log_batch(client, run_id, params=params, metrics=metrics, tags={"gate_results": tags["gate_results"]})
         source = f"{run.info.artifact_uri.rstrip('/')}/{MODULE_ARTIFACT}"
-        mv = client.create_model_version(cfg.model_name, source, run_id=run_id, tags=tags,
-                                         description=format_gate_report(gate_report))
+        mv = client.create_model_version(cfg.model_name, source, run_id=run_id, tags=tags, description=description)
         _verify_logged(client, cfg.model_name, mv.version)  # what was stored is what was checked
-        client.set_registered_model_alias(cfg.model_name, CHALLENGER, mv.version)
+        client.set_registered_model_alias(cfg.model_name, alias, mv.version)
     except (MlflowException, OSError, RegistryError) as err:
         _abandon(client, run_id, cfg.model_name, mv)
         raise RegistryError(f"registering {module_dir} as {cfg.model_name} failed: {err}") from err
@@ -293,3 +302,46 @@ def promote(cfg: RegistryConfig, alias: str = PRODUCTION, version: int | None = 
         _verify_logged(client, cfg.model_name, mv.version)
     client.set_registered_model_alias(cfg.model_name, alias, mv.version)
     return int(mv.version)
+
+
+def copy_version(src: RegistryConfig, dst: RegistryConfig, *, version: int | None = None,
+                 from_alias: str = CHALLENGER, alias: str = PRODUCTION,
+                 artifact_location: str | None = None) -> RegisteredVersion:
+    """Copy a gate-passed version of ``src``'s model into ``dst``'s registry and point ``alias`` there at it.
+
+    For platform teams whose production registry is another MLflow store. The version (default: the one
+    holding ``from_alias``) must have ``gates_passed`` "true"; its files are downloaded and checked against
+    the module manifest before anything is written to ``dst``, and the stored copy is verified again. The
+    copy keeps the version's tags (gate results, git commit, data and backbone hashes) and its run's params
+    and metrics, and adds ``copied_from``. With ``dst.reuse_identical`` an identical version already in
+    ``dst`` gets the alias instead of a new version. ``artifact_location`` as in ``register_module``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if (src.tracking_uri, src.model_name) == (dst.tracking_uri, dst.model_name):
+        raise RegistryError(f"copying {src.model_name} into the registry it is in: use promote to move an alias "
+                            "within one registry")
+    src_client = mlflow_client(src.tracking_uri)
+    ref = ModelRef(src.model_name, alias=from_alias) if version is None else ModelRef(src.model_name, version=version)
+    mv = resolve_version(src_client, ref)
+    if mv.tags.get(GATES_PASSED_TAG) != "true":
+        raise RegistryError(f"refusing to copy {src.model_name} version {mv.version}: its {GATES_PASSED_TAG} tag is "
+                            f"{mv.tags.get(GATES_PASSED_TAG)!r}, and only versions that passed every quality gate "
+                            "(tag \"true\") can be copied")
+    try:
+        run = src_client.get_run(mv.run_id)
+        params, metrics = dict(run.data.params), dict(run.data.metrics)
+    except MlflowException as err:
+        raise RegistryError(f"{src.model_name} version {mv.version}: could not read its run {mv.run_id}: "
+                            f"{err.message}") from err
+    target = Path(tempfile.mkdtemp(prefix="svgt-copy-"))
+    try:
+        what = f"models:/{src.model_name}/{mv.version} in {redact_url(src.tracking_uri)}"
+        local = download_version(src_client, src.model_name, mv.version, target)
+        verify_module_dir(local, what)
+        tags = {**mv.tags, "manifest_sha256": sha256_file(local / MANIFEST), "copied_from": what}
+        tags.setdefault("gate_results", "{}")
+        return _store_version(mlflow_client(dst.tracking_uri), dst, local, alias=alias, tags=tags, params=params,
+                              metrics=metrics, description=mv.description or "", artifact_location=artifact_location)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

@@ -337,6 +337,16 @@ def test_promote_flow_moves_production_to_the_challenger(passed_run):
     arts = artifacts_of(state)
     assert "`models:/svgt-flow-test@production` now points at version **1**" in arts["svgt-promotion"].data
 
+    # a platform team's production registry: another store, the version copied and verified there
+    prod = f"sqlite:///{passed_run.root / 'production.db'}"
+    state = promote(params_path="params.yaml", workdir=str(passed_run.root), to_tracking_uri=prod, return_state=True)
+    assert state.is_completed(), failure_message(state)
+    assert state.result() == 1
+    copied = MlflowClient(tracking_uri=prod, registry_uri=prod).get_model_version_by_alias("svgt-flow-test",
+                                                                                          "production")
+    assert copied.tags["copied_from"] == f"models:/svgt-flow-test/1 in {uri}"
+    assert f"Tracking URI: `{prod}`" in artifacts_of(state)["svgt-promotion"].data
+
     # a version that does not exist: a deterministic failure, not retried
     calls = len(passed_run.calls)
     state = promote(version=7, params_path="params.yaml", workdir=str(passed_run.root), return_state=True)

@@ -10,7 +10,7 @@ import torch
 from svgt.config import GatesConfig, RegistryConfig
 from svgt.gates import GateReport, GateResult, check_gates
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module, save_value_module
-from svgt.registry import RegistryError, promote, register_module
+from svgt.registry import RegistryError, copy_version, promote, register_module
 from svgt.registry_uri import resolve_module_uri
 
 SECRET = "supersecret123"
@@ -324,3 +324,78 @@ def test_identical_version_whose_stored_copy_fails_verification_is_not_reused(tm
     again = register_module(make_module_dir(tmp_path / "a-again", seed=1), passing_report(), cfg, params=PARAMS,
                             git_commit="c2", artifact_location=artifacts)
     assert (first.version, again.version, again.reused) == (1, 2, False)
+
+
+@pytest.fixture
+def production_store(tmp_path, template_db):
+    """A second registry (another SQLite store and artifact root): a platform team's production registry."""
+    db = tmp_path / "prod" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(template_db, db)
+    uri = f"sqlite:///{db}"
+    return RegistryConfig(tracking_uri=uri, model_name="svgt-prod-module", experiment="svgt-prod"), str(db.parent / "a")
+
+
+def test_copy_version_into_a_production_registry(tmp_path, store, production_store):
+    cfg, artifacts = store
+    prod, prod_artifacts = production_store
+    module_dir = make_module_dir(tmp_path / "vm", seed=1)
+    register_module(module_dir, passing_report(), cfg, params=PARAMS, git_commit="c1", artifact_location=artifacts)
+    register_module(make_module_dir(tmp_path / "vm2", seed=2), passing_report(), cfg, params=PARAMS,
+                    git_commit="c2", artifact_location=artifacts)
+
+    copied = copy_version(cfg, prod, version=1, artifact_location=prod_artifacts)
+    assert (copied.name, copied.version, copied.aliases, copied.reused) == ("svgt-prod-module", 1, ("production",),
+                                                                            False)
+    prod_client = client_for(prod)
+    mv = prod_client.get_model_version("svgt-prod-module", "1")
+    assert mv.tags["git_commit"] == "c1" and mv.tags["gates_passed"] == "true"
+    assert mv.tags["copied_from"] == f"models:/{cfg.model_name}/1 in {cfg.tracking_uri}"
+    assert json.loads(mv.tags["gate_results"])["passed"] is True
+    run = prod_client.get_run(mv.run_id).data
+    assert run.metrics["test_pair_auroc"] == 0.91 and run.params["model.d_v"] == "16"
+    local = resolve_module_uri("models:/svgt-prod-module@production", tracking_uri=prod.tracking_uri)
+    assert (local / "weights.safetensors").read_bytes() == (module_dir / "weights.safetensors").read_bytes()
+    assert client_for(cfg).get_model_version(cfg.model_name, "1").aliases == []  # the source's aliases stay
+
+    again = copy_version(cfg, prod, version=1, alias="stable", artifact_location=prod_artifacts)
+    assert (again.version, again.reused, again.aliases) == (1, True, ("production", "stable"))
+    assert copy_version(cfg, prod, artifact_location=prod_artifacts).version == 2  # default: @challenger, v2
+    assert len(prod_client.search_model_versions("name='svgt-prod-module'")) == 2
+
+
+def test_copy_refuses_unpassed_tampered_or_same_registry_versions(tmp_path, store, production_store):
+    cfg, artifacts = store
+    prod, prod_artifacts = production_store
+    register_module(make_module_dir(tmp_path / "vm", seed=1), passing_report(), cfg, params=PARAMS, git_commit="c1",
+                    artifact_location=artifacts)
+    client = client_for(cfg)
+    client.set_model_version_tag(cfg.model_name, "1", "gates_passed", "false")
+    with pytest.raises(RegistryError, match=r"refusing to copy svgt-test-module version 1: its gates_passed tag is "
+                                            r"'false'"):
+        copy_version(cfg, prod, artifact_location=prod_artifacts)
+    client.set_model_version_tag(cfg.model_name, "1", "gates_passed", "true")
+    flip_last_byte(weights_in(Path(client.get_model_version(cfg.model_name, "1").source.removeprefix("file://"))))
+    with pytest.raises(RegistryError, match=r"models:/svgt-test-module/1 in .*weights\.safetensors: checksum"):
+        copy_version(cfg, prod, artifact_location=prod_artifacts)
+    assert_nothing_registered(prod)
+    with pytest.raises(RegistryError, match="use promote"):
+        copy_version(cfg, cfg)
+
+
+def test_promote_cli_copies_into_another_registry(tmp_path, store, production_store, capsys):
+    import yaml
+
+    from svgt.cli import main
+
+    cfg, artifacts = store
+    prod, _ = production_store
+    register_module(make_module_dir(tmp_path / "vm", seed=1), passing_report(), cfg, params=PARAMS, git_commit="c1",
+                    artifact_location=artifacts)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"registry": {"tracking_uri": cfg.tracking_uri, "model_name": cfg.model_name,
+                                                   "experiment": cfg.experiment}}))
+    assert main(["--params", str(params), "promote", "--to-tracking-uri", prod.tracking_uri]) == 0
+    assert f"svgt-test-module@production in {prod.tracking_uri} -> version 1 (a new version)" in capsys.readouterr().out
+    assert main(["--params", str(params), "promote", "--to-model-name", "x"]) != 0
+    assert "--to-model-name and --to-experiment need --to-tracking-uri" in capsys.readouterr().err
