@@ -52,6 +52,8 @@ STEP_ARGV: dict[str, list[str]] = {
 STEP_ORDER = ("ingest", "validate", "backbone", "baselines", "judge", "extract", "card", "stage1", "stage2",
               "stage3", "evaluate", "register")
 
+VALUES = Path("data/values/values.parquet")
+BACKBONE_DIR = Path("data/backbone")
 VALIDATION_SUMMARY = Path("reports/validation/validation_summary.json")
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
@@ -280,6 +282,45 @@ def register(params_path: str) -> dict[str, Any]:
         _publish(create_markdown_artifact, markdown=registered_markdown(version), key="svgt-registry",
                  description="The value module version this run registered (or found already registered)")
     return version or {}
+
+
+@task(name="unchanged-since", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def unchanged_since(params_path: str) -> dict[str, Any] | None:
+    """The registered, gate-passed version built from exactly this checkout's inputs (ingested data, resolved
+    backbone, params, code), or None. Run after ingest and backbone; a retrain that finds one has nothing to do."""
+    import dataclasses
+
+    from svgt.build_inputs import build_inputs
+    from svgt.config import load_params
+    from svgt.io import sha256_file
+    from svgt.registry import built_from
+
+    params = load_params(params_path)
+    manifest = BACKBONE_DIR / "manifest.json"
+    try:
+        backbone_sha = json.loads(manifest.read_text(encoding="utf-8"))["weights_sha256"]
+    except (OSError, ValueError, KeyError) as err:
+        raise StepFailed(f"{manifest}: cannot read the backbone's weights_sha256 ({err}); run the backbone "
+                         "step first") from err
+    inputs = build_inputs(dataclasses.asdict(params), data_sha256=sha256_file(VALUES),
+                          backbone_weights_sha256=backbone_sha)
+    found = built_from(params.registry, inputs)
+    logger = get_run_logger()
+    if found is None:
+        logger.info("no registered version was built from these inputs (inputs sha256 %s): training", inputs.sha256)
+        return None
+    logger.info("%s version %s was built from these exact inputs (inputs sha256 %s): nothing to retrain",
+                found.name, found.version, inputs.sha256)
+    aliases = ", ".join(f"`{a}`" for a in found.aliases) or "(none)"
+    _publish(create_markdown_artifact, key="svgt-registry", description="Inputs unchanged: nothing retrained",
+             markdown=(f"# Nothing to retrain\n\n{found.name} version {found.version} (aliases: {aliases}) was "
+                       f"built from exactly these inputs: data `{inputs.data_sha256[:12]}`, backbone weights "
+                       f"`{inputs.backbone_weights_sha256[:12]}`, params `{inputs.params_sha256[:12]}`, code "
+                       f"`{inputs.code_sha256[:12]}`. Training is deterministic, so it would rebuild that module; "
+                       f"run the flow with `skip_if_unchanged=False` to train anyway.\n"))
+    return {"name": found.name, "version": found.version, "run_id": found.run_id, "aliases": list(found.aliases),
+            "inputs_sha256": inputs.sha256}
 
 
 @_step_task("promote")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svgt.build_inputs import BuildInputs, build_inputs
 from svgt.config import RegistryConfig
 from svgt.gates import GateReport, format_gate_report
 from svgt.io import MANIFEST, sha256_file
@@ -43,7 +44,8 @@ from svgt.registry_uri import (
     verify_module_dir,
 )
 
-__all__ = ["RegisteredVersion", "RegistryError", "copy_version", "promote", "register_module", "resolve_module_uri"]
+__all__ = ["RegisteredVersion", "RegistryError", "built_from", "copy_version", "promote", "register_module",
+           "resolve_module_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +163,20 @@ def _verify_logged(client: Any, name: str, version: int | str) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def _identical_version(client: Any, name: str, manifest_sha256: str) -> Any | None:
-    """The newest gate-passed version whose files are ``manifest_sha256``'s and whose stored copy still
+def _newest_verified(client: Any, name: str, tag: str, value: str) -> Any | None:
+    """The newest gate-passed version of ``name`` tagged ``tag=value`` (a sha256) whose stored copy still
     verifies; None if there is none (a version that fails verification is logged and passed over)."""
     from mlflow.exceptions import MlflowException
 
-    found = client.search_model_versions(f"tags.manifest_sha256='{manifest_sha256}'")  # hex: safe to quote
+    found = client.search_model_versions(f"tags.{tag}='{value}'")  # hex values: safe to quote
     for mv in sorted((v for v in found if v.name == name), key=lambda v: -int(v.version)):
         if mv.tags.get(GATES_PASSED_TAG) != "true" or mv.status != "READY":
             continue
         try:
             _verify_logged(client, name, mv.version)
         except (RegistryError, MlflowException, OSError) as err:
-            log.warning("version %s of %s holds the same module but its stored copy does not verify (%s): "
-                        "registering a new version", mv.version, name, err)
+            log.warning("version %s of %s matches %s but its stored copy does not verify (%s): passed over",
+                        mv.version, name, tag, err)
             continue
         return mv
     return None
@@ -199,6 +201,8 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     Refuses (RegistryError; nothing is logged or registered) when the gates did not pass or the module's files
     do not match its manifest. ``artifact_location`` is used only when ``cfg.experiment`` is created here
     (default: the tracking store's default artifact root). The new version gets alias ``challenger``.
+    What the module was built from (its metadata's data and backbone hashes, ``params``, this code) is tagged
+    as ``inputs_sha256`` (see svgt.build_inputs), which ``built_from`` finds.
 
     With ``cfg.reuse_identical``, a module whose manifest (the sha256 of every file) equals that of a
     gate-passed version already registered, and whose stored copy still verifies, is not registered again:
@@ -233,6 +237,12 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
         "manifest_sha256": sha256_file(module_dir / MANIFEST),
         "module_stage": str(metadata.get("stage", "unknown")),
     }
+    if metadata.get("data_sha256"):
+        tags.update(build_inputs(params, data_sha256=str(metadata["data_sha256"]),
+                                 backbone_weights_sha256=str(backbone_sha)).tags())
+    else:
+        log.warning("%s: its metadata records no data_sha256; registered without inputs_sha256, so a retrain "
+                    "cannot recognise it as up to date", module_dir)
     return _store_version(mlflow_client(cfg.tracking_uri), cfg, module_dir, alias=CHALLENGER, tags=tags,
                           params=_param_items(params, secrets), metrics=_metric_items(metadata, gate_report),
                           description=format_gate_report(gate_report), artifact_location=artifact_location)
@@ -249,7 +259,8 @@ def _store_version(client: Any, cfg: RegistryConfig, module_dir: Path, *, alias:
     try:
         experiment_id = _ensure_experiment(client, cfg.experiment, artifact_location)
         _ensure_registered_model(client, cfg.model_name)
-        same = _identical_version(client, cfg.model_name, tags["manifest_sha256"]) if cfg.reuse_identical else None
+        same = (_newest_verified(client, cfg.model_name, "manifest_sha256", tags["manifest_sha256"])
+                if cfg.reuse_identical else None)
         if same is not None:
             client.set_registered_model_alias(cfg.model_name, alias, same.version)
             log.info("%s is byte-identical to %s version %s (manifest sha256 %s): no new version, alias %s -> %s",
@@ -345,3 +356,20 @@ def copy_version(src: RegistryConfig, dst: RegistryConfig, *, version: int | Non
                               metrics=metrics, description=mv.description or "", artifact_location=artifact_location)
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def built_from(cfg: RegistryConfig, inputs: BuildInputs) -> RegisteredVersion | None:
+    """The newest gate-passed version registered with these exact build inputs (``inputs_sha256`` tag) whose
+    stored copy still verifies, or None: a retrain from the same inputs would rebuild that module."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(cfg.tracking_uri)
+    try:
+        mv = _newest_verified(client, cfg.model_name, "inputs_sha256", inputs.sha256)
+    except MlflowException as err:
+        raise RegistryError(f"looking up {cfg.model_name} in {redact_url(cfg.tracking_uri)} failed: "
+                            f"{err.message}") from err
+    if mv is None:
+        return None
+    mv = client.get_model_version(cfg.model_name, mv.version)
+    return RegisteredVersion(cfg.model_name, int(mv.version), mv.run_id, tuple(sorted(mv.aliases)), reused=True)

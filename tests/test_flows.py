@@ -25,11 +25,13 @@ import torch
 import yaml
 from tiny import canonical_frame
 
+from svgt.io import sha256_file
+
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE_SHA = "c" * 64
 EVENT = "svgt.value-dataset.updated"
 STEP_TASKS = ("ingest", "validate", "backbone", "baselines", "judge", "extract", "card", "train", "evaluate",
-              "register", "promote_alias")
+              "register", "promote_alias", "unchanged_since")
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -160,7 +162,8 @@ class Pipeline:
         torch.manual_seed(stage)  # like real training on unchanged inputs: the same module bytes every run
         module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
         save_value_module(module, out_dir, {"stage": stage, "backbone_source": "fake", "metrics": metrics,
-                                            "backbone_weights_sha256": BACKBONE_SHA, "data_sha256": "d" * 64})
+                                            "backbone_weights_sha256": BACKBONE_SHA,
+                                            "data_sha256": sha256_file(data_path)})
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         (Path(metrics_dir) / f"stage{stage}.json").write_text(json.dumps(metrics))
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
@@ -254,6 +257,33 @@ def test_rerun_on_unchanged_inputs_adds_no_registry_version(prefect_server, tmp_
     text = artifacts_of(second)["svgt-registry"].data
     assert "version 1: unchanged" in text and "no new version was created" in text
     assert "# Registered svgt-flow-test version 1" in artifacts_of(first)["svgt-registry"].data
+
+
+def test_retrain_on_unchanged_inputs_stops_before_training(prefect_server, tmp_path, monkeypatch):
+    """skip_if_unchanged (the retrain flow's default): once a version built from these exact inputs is
+    registered, a rerun stops after ingest, validate and backbone; changing a param trains again."""
+    root = make_checkout(tmp_path / "checkout")
+    pipeline = Pipeline(monkeypatch)
+    first = run_flow(root, skip_if_unchanged=True)
+    assert first.is_completed(), failure_message(first)
+    assert "train3" in pipeline.calls and first.result()["registered"]["version"] == 1
+
+    calls = len(pipeline.calls)
+    second = run_flow(root, skip_if_unchanged=True)
+    assert second.is_completed(), failure_message(second)
+    assert pipeline.calls[calls:] == ["ingest", "validate", "backbone"]
+    result = second.result()
+    assert result["registered"] is None and result["unchanged"]["version"] == 1
+    text = artifacts_of(second)["svgt-registry"].data
+    assert "# Nothing to retrain" in text and "svgt-flow-test version 1" in text
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.setdefault("train", {})["seed"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    calls = len(pipeline.calls)
+    third = run_flow(root, skip_if_unchanged=True)
+    assert third.is_completed(), failure_message(third)
+    assert "train1" in pipeline.calls[calls:] and "unchanged" not in third.result()
 
 
 def test_transient_failure_is_retried_and_the_task_states_say_so(passed_run):

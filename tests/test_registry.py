@@ -399,3 +399,24 @@ def test_promote_cli_copies_into_another_registry(tmp_path, store, production_st
     assert f"svgt-test-module@production in {prod.tracking_uri} -> version 1 (a new version)" in capsys.readouterr().out
     assert main(["--params", str(params), "promote", "--to-model-name", "x"]) != 0
     assert "--to-model-name and --to-experiment need --to-tracking-uri" in capsys.readouterr().err
+
+
+def test_built_from_finds_the_version_registered_from_the_same_inputs(tmp_path, store):
+    from svgt.build_inputs import build_inputs
+    from svgt.registry import built_from
+
+    cfg, artifacts = store
+    inputs = build_inputs(PARAMS, data_sha256=DATA_SHA, backbone_weights_sha256=BACKBONE_SHA)
+    assert built_from(cfg, inputs) is None  # no registered model yet
+    reg = register_module(make_module_dir(tmp_path / "vm", seed=1), passing_report(), cfg, params=PARAMS,
+                          git_commit="c1", artifact_location=artifacts)
+    tags = client_for(cfg).get_model_version(cfg.model_name, "1").tags
+    assert tags["inputs_sha256"] == inputs.sha256 and tags["params_sha256"] == inputs.params_sha256
+    found = built_from(cfg, inputs)
+    assert (found.version, found.run_id, found.aliases) == (1, reg.run_id, ("challenger",))
+    other_params = {**PARAMS, "train": {"stage3": {"lr": 2e-3, "epochs": 1}}}
+    assert built_from(cfg, build_inputs(other_params, data_sha256=DATA_SHA, backbone_weights_sha256=BACKBONE_SHA)) \
+        is None
+    assert built_from(cfg, build_inputs(PARAMS, data_sha256="e" * 64, backbone_weights_sha256=BACKBONE_SHA)) is None
+    client_for(cfg).set_model_version_tag(cfg.model_name, "1", "gates_passed", "false")  # withdrawn: not a match
+    assert built_from(cfg, inputs) is None
