@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 PRODUCTION = "production"
 GATES_PASSED_TAG = "gates_passed"
+INPUT_TAGS = ("inputs_sha256", "params_sha256", "code_sha256")  # BuildInputs.tags()
 _MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
 _MAX_TAG_LEN = 8000  # MLflow's limit for a run tag value
 _BATCH = 100  # MLflow's limit for params/tags in one log_batch
@@ -207,7 +208,8 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     With ``cfg.reuse_identical``, a module whose manifest (the sha256 of every file) equals that of a
     gate-passed version already registered, and whose stored copy still verifies, is not registered again:
     alias ``challenger`` moves to that version and the result has ``reused=True``. Its tags (gate results,
-    git commit) stay those of the run that registered it.
+    git commit) stay those of the run that registered it, except the build-inputs tags, which take this
+    run's inputs.
     """
     module_dir = Path(module_dir)
     if not isinstance(gate_report, GateReport):
@@ -262,6 +264,11 @@ def _store_version(client: Any, cfg: RegistryConfig, module_dir: Path, *, alias:
         same = (_newest_verified(client, cfg.model_name, "manifest_sha256", tags["manifest_sha256"])
                 if cfg.reuse_identical else None)
         if same is not None:
+            # the same module rebuilt from other inputs (say, code that changed nothing it computes): the
+            # version is now known by the newest inputs, so a retrain from them finds it
+            for key in INPUT_TAGS:
+                if key in tags and same.tags.get(key) != tags[key]:
+                    client.set_model_version_tag(cfg.model_name, same.version, key, tags[key])
             client.set_registered_model_alias(cfg.model_name, alias, same.version)
             log.info("%s is byte-identical to %s version %s (manifest sha256 %s): no new version, alias %s -> %s",
                      module_dir, cfg.model_name, same.version, tags["manifest_sha256"], alias, same.version)

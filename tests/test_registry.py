@@ -301,6 +301,13 @@ def test_identical_module_is_not_registered_twice(tmp_path, store, caplog):
     assert "byte-identical to svgt-test-module version 1" in caplog.text
     assert len(client.search_model_versions(f"name='{cfg.model_name}'")) == 2
     assert client.get_model_version(cfg.model_name, "1").tags["git_commit"] == "c1"  # its own run's tags stay
+    other_params = {**PARAMS, "evaluate": {"methods": ["none"]}}  # rebuilt from other inputs: same bytes
+    register_module(rebuilt, passing_report(), cfg, params=other_params, git_commit="c3",
+                    artifact_location=artifacts)
+    from svgt.build_inputs import build_inputs
+
+    newest = build_inputs(other_params, data_sha256=DATA_SHA, backbone_weights_sha256=BACKBONE_SHA)
+    assert client.get_model_version(cfg.model_name, "1").tags["inputs_sha256"] == newest.sha256
 
     changed = make_module_dir(tmp_path / "a-changed", seed=1, data_sha256="c" * 64)
     assert register_module(changed, passing_report(), cfg, params=PARAMS, git_commit="c4",
