@@ -291,20 +291,15 @@ def unchanged_since(params_path: str) -> dict[str, Any] | None:
     backbone, params, code), or None. Run after ingest and backbone; a retrain that finds one has nothing to do."""
     import dataclasses
 
-    from svgt.build_inputs import build_inputs
+    from svgt.build_inputs import checkout_build_inputs
     from svgt.config import load_params
-    from svgt.io import sha256_file
     from svgt.registry import built_from
 
     params = load_params(params_path)
-    manifest = BACKBONE_DIR / "manifest.json"
     try:
-        backbone_sha = json.loads(manifest.read_text(encoding="utf-8"))["weights_sha256"]
-    except (OSError, ValueError, KeyError) as err:
-        raise StepFailed(f"{manifest}: cannot read the backbone's weights_sha256 ({err}); run the backbone "
-                         "step first") from err
-    inputs = build_inputs(dataclasses.asdict(params), data_sha256=sha256_file(VALUES),
-                          backbone_weights_sha256=backbone_sha)
+        inputs = checkout_build_inputs(dataclasses.asdict(params), VALUES, BACKBONE_DIR)
+    except ValueError as err:
+        raise StepFailed(str(err)) from err
     found = built_from(params.registry, inputs)
     logger = get_run_logger()
     if found is None:

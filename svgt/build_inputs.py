@@ -62,3 +62,20 @@ def code_sha256() -> str:
 def build_inputs(params: dict[str, Any], *, data_sha256: str, backbone_weights_sha256: str) -> BuildInputs:
     return BuildInputs(data_sha256=data_sha256, backbone_weights_sha256=backbone_weights_sha256,
                        params_sha256=params_sha256(params), code_sha256=code_sha256())
+
+
+def checkout_build_inputs(params: dict[str, Any], data_path: str | Path, backbone_dir: str | Path) -> BuildInputs:
+    """The build inputs of a checkout about to train: its canonical data file and backbone snapshot."""
+    from svgt.io import sha256_file
+
+    manifest = Path(backbone_dir) / "manifest.json"
+    try:
+        backbone_sha = json.loads(manifest.read_text(encoding="utf-8"))["weights_sha256"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{manifest}: cannot read the backbone's weights_sha256 ({err}); build the backbone "
+                         "snapshot first (`svgt backbone`)") from err
+    try:
+        data_sha = sha256_file(data_path)
+    except OSError as err:
+        raise ValueError(f"{data_path}: cannot hash the canonical data ({err}); run `svgt ingest` first") from err
+    return build_inputs(params, data_sha256=data_sha, backbone_weights_sha256=backbone_sha)

@@ -48,3 +48,23 @@ def test_every_input_changes_the_combined_hash():
     assert len(variants) == len(fields) and inputs.sha256 not in variants
     assert inputs.tags() == {"inputs_sha256": inputs.sha256, "params_sha256": inputs.params_sha256,
                              "code_sha256": inputs.code_sha256}
+
+
+def test_checkout_inputs_read_the_data_file_and_backbone_manifest(tmp_path):
+    import json
+
+    import pytest
+
+    from svgt.build_inputs import checkout_build_inputs
+    from svgt.io import sha256_file
+
+    data, backbone = tmp_path / "values.parquet", tmp_path / "backbone"
+    with pytest.raises(ValueError, match=r"backbone/manifest.json: cannot read the backbone's weights_sha256"):
+        checkout_build_inputs(PARAMS, data, backbone)
+    backbone.mkdir()
+    (backbone / "manifest.json").write_text(json.dumps({"weights_sha256": "b" * 64}))
+    with pytest.raises(ValueError, match=r"values.parquet: cannot hash the canonical data"):
+        checkout_build_inputs(PARAMS, data, backbone)
+    data.write_bytes(b"rows")
+    inputs = checkout_build_inputs(PARAMS, data, backbone)
+    assert inputs == build_inputs(PARAMS, data_sha256=sha256_file(data), backbone_weights_sha256="b" * 64)
