@@ -149,7 +149,8 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
                                refresh_interval=args.refresh_interval, batch_size=args.batch_size,
                                chat_template=not args.no_chat_template, do_sample=args.temperature > 0,
                                temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
-                               tracking_uri=params.registry.tracking_uri, baselines_dir=args.baselines)
+                               tracking_uri=args.tracking_uri or params.registry.tracking_uri,
+                               baselines_dir=args.baselines)
     finally:
         if args.out:
             out.close()
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-experiment", default=None, help="experiment for the copy's run (default: the same)")
     p = add("generate", cmd_generate, "generate with or without a value module (JSONL in, JSONL out)")
     p.add_argument("--module", default=None, help="value module: a directory, an fsspec URL or models:/NAME@ALIAS")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow registry that models:/ modules come from (default: registry.tracking_uri), e.g. "
+                        "the production store `svgt promote --to-tracking-uri` copied a version into")
     p.add_argument("--method", default="svgt", choices=ALL_METHODS)
     p.add_argument("--baselines", default=Path("models/baselines"), type=Path,
                    help="fitted baselines (written by `svgt baselines`), for the baseline methods")

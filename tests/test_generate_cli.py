@@ -123,3 +123,22 @@ def test_generate_refuses_module_of_another_backbone(tiny_pipeline, tmp_path, ca
                  "--prompt", "hi", "--max-new-tokens", "2"])
     assert code == 1
     assert "000000000000" in capsys.readouterr().err
+
+
+def test_generate_serves_a_module_from_another_registry(tiny_pipeline, module_dir, tmp_path, capsys, monkeypatch):
+    """A production registry other than params' (where `svgt promote --to-tracking-uri` copies versions)."""
+    from svgt.config import RegistryConfig
+    from svgt.gates import GateReport
+    from svgt.registry import promote, register_module
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prod = RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'prod.db'}", model_name="m", experiment="e")
+    register_module(module_dir, GateReport(passed=True, results=[]), prod, params={}, git_commit=None,
+                    artifact_location=str(tmp_path / "artifacts"))
+    promote(prod)
+    argv = ["generate", "--backbone", str(tiny_pipeline / "backbone"), "--module", "models:/m@production",
+            "--prompt", "hi", "--max-new-tokens", "2"]
+    assert main(argv + ["--tracking-uri", prod.tracking_uri]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["method"] == "svgt"
+    assert main(argv + ["--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"]) == 1
+    assert "no registered model named 'm'" in capsys.readouterr().err
