@@ -183,6 +183,14 @@ def _newest_verified(client: Any, name: str, tag: str, value: str) -> Any | None
     return None
 
 
+def _require_gates_passed(mv: Any, action: str, verb: str) -> None:
+    """Only versions whose gates_passed tag is exactly "true" leave the registration step's hands."""
+    tag = mv.tags.get(GATES_PASSED_TAG)
+    if tag != "true":
+        raise RegistryError(f"refusing to {action}: its {GATES_PASSED_TAG} tag is {tag!r}, and only versions that "
+                            f"passed every quality gate (tag \"true\") can be {verb}")
+
+
 def _abandon(client: Any, run_id: str, name: str, mv: Any) -> None:
     """Best-effort cleanup after a failed registration: no half-registered version is left to promote."""
     try:
@@ -311,11 +319,7 @@ def promote(cfg: RegistryConfig, alias: str = PRODUCTION, version: int | None = 
     client = mlflow_client(cfg.tracking_uri)
     ref = ModelRef(cfg.model_name, alias=from_alias) if version is None else ModelRef(cfg.model_name, version=version)
     mv = resolve_version(client, ref)
-    tag = mv.tags.get(GATES_PASSED_TAG)
-    if tag != "true":
-        raise RegistryError(f"refusing to point {alias!r} at {cfg.model_name} version {mv.version}: its "
-                            f"{GATES_PASSED_TAG} tag is {tag!r}, and only versions that passed every quality gate "
-                            "(tag \"true\") can be promoted")
+    _require_gates_passed(mv, f"point {alias!r} at {cfg.model_name} version {mv.version}", "promoted")
     if verify:
         _verify_logged(client, cfg.model_name, mv.version)
     client.set_registered_model_alias(cfg.model_name, alias, mv.version)
@@ -342,10 +346,7 @@ def copy_version(src: RegistryConfig, dst: RegistryConfig, *, version: int | Non
     src_client = mlflow_client(src.tracking_uri)
     ref = ModelRef(src.model_name, alias=from_alias) if version is None else ModelRef(src.model_name, version=version)
     mv = resolve_version(src_client, ref)
-    if mv.tags.get(GATES_PASSED_TAG) != "true":
-        raise RegistryError(f"refusing to copy {src.model_name} version {mv.version}: its {GATES_PASSED_TAG} tag is "
-                            f"{mv.tags.get(GATES_PASSED_TAG)!r}, and only versions that passed every quality gate "
-                            "(tag \"true\") can be copied")
+    _require_gates_passed(mv, f"copy {src.model_name} version {mv.version}", "copied")
     try:
         run = src_client.get_run(mv.run_id)
         params, metrics = dict(run.data.params), dict(run.data.metrics)
