@@ -107,6 +107,10 @@ class ModelConfig:
     reg_margin: float = 0.2
     refresh_interval: int = 5
     momentum: float = 0.8
+    gate: Literal["off", "fixed", "calibrated"] = "off"
+    gate_threshold: float = 0.0
+    gate_budget: float = 0.05
+    refresh_context: Literal["token", "response"] = "token"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,15 @@ correction step differentiates its discriminator; their outputs are detached):
   computed the layer-l* states of the (left-padded) prompts and before the first bridge/inject/score call,
   so a value module can read its prompt context from the prefill instead of a second forward pass.
 
+* ``gate_fn(response: Tensor[B, t, d]) -> Tensor[B] (bool)``: which rows the guidance acts on, judged
+  from the layer-l* states of the tokens generated so far (t = 0 at the prefill: judge the prompt). It is
+  called once after the prefill and again at every refresh; a row once guided stays guided. A row never
+  guided runs exactly the unguided computation: no bridge rows in its attention, no position shift, no
+  delta (its bridge columns are masked out while other rows of the batch are guided; while no row is
+  guided the bridge is not built at all). A row that turns guided at a refresh gets its bridge from that
+  step on (the exact refresh reruns the upper blocks over [B; H_y] with the shifted positions).
+  ``gate_fn=None``: every row is guided from the start (the paper's behaviour).
+
 ``bridge_fn=None`` and ``inject_fn=None`` gives plain cached decoding, identical to greedy
 ``model.generate``.
 """
@@ -69,6 +78,7 @@ from svgt.backbone.text import encode_prompt
 from svgt.extract import pad_batch, shared_prefix_length
 
 StateFn = Callable[[torch.Tensor], torch.Tensor]
+GateFn = Callable[[torch.Tensor], torch.Tensor]
 PromptFn = Callable[[torch.Tensor, torch.Tensor], None]
 RefreshMode = Literal["exact", "bridge_only"]
 FinishReason = Literal["stop_token", "stop_string", "length"]
@@ -163,6 +173,7 @@ class _Guidance:
     num_bridge_tokens: int | None
     schedule: GuidanceSchedule
     prompt_fn: PromptFn | None = None
+    gate_fn: GateFn | None = None
     bridge_calls: int = 0
 
     def __post_init__(self) -> None:
@@ -191,12 +202,27 @@ class _Guidance:
         assert self.inject_fn is not None
         return _call_state_fn(self.inject_fn, h, tuple(h.shape), "inject_fn")
 
+    def gate(self, response: torch.Tensor) -> torch.Tensor | None:
+        """gate_fn(response) as a bool [B] (None without a gate: every row guided)."""
+        if self.gate_fn is None:
+            return None
+        with torch.enable_grad():
+            out = self.gate_fn(response.detach())
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (response.shape[0],):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise GenerationError(f"gate_fn must return a tensor of shape ({response.shape[0]},), got {got}")
+        return out.detach().to(device=response.device, dtype=torch.bool)
+
 
 # ---------------------------------------------------------------- the cached decoder
 
 
 class _CachedDecoder:
-    """One shared DynamicCache: blocks < split hold [prompt; y], blocks >= split hold [prompt; B; y]."""
+    """One shared DynamicCache: blocks < split hold [prompt; y], blocks >= split hold [prompt; B; y].
+
+    The K bridge columns exist in the upper caches only once some row is guided (``self.k``); rows the gate
+    has not (yet) let in have those columns masked out and their tokens at unshifted positions.
+    """
 
     def __init__(self, runner: BlockRunner, layer: int, guidance: _Guidance, refresh_mode: RefreshMode) -> None:
         self.runner = runner
@@ -206,23 +232,36 @@ class _CachedDecoder:
         self.cache = growing_cache()  # replaced by prefill's (merged) group caches
         self.refreshes = 0
         self.fed = 0  # generated tokens fed so far
-        self.h_gen: list[torch.Tensor] = []  # layer-l* states of fed tokens, kept for exact refresh
+        self.h_gen: list[torch.Tensor] = []  # layer-l* states of fed tokens, kept for exact refresh and the gate
         self.bridge: torch.Tensor | None = None
+        self.k = 0  # bridge columns in the upper caches
+        self.active: torch.Tensor | None = None  # [B] bool: rows the guidance acts on (None: every row)
         self.prompt_mask = torch.empty(0, 0, dtype=torch.long)  # set by prefill
         self.lengths = torch.empty(0, dtype=torch.long)
 
-    @property
-    def k(self) -> int:
-        return self.bridge.shape[1] if self.bridge is not None else 0
+    def _rows_on(self, rows: slice | None = None) -> torch.Tensor | None:
+        return None if self.active is None else (self.active if rows is None else self.active[rows])
 
-    def _mask(self, extra: int) -> torch.Tensor:
-        """The 2D padding mask over the prompt plus ``extra`` always-visible rows (bridge, tokens)."""
-        ones = self.prompt_mask.new_ones((self.prompt_mask.shape[0], extra))
-        return torch.cat([self.prompt_mask, ones], dim=1)
+    def _lower_mask(self, tokens: int) -> torch.Tensor:
+        """The 2D padding mask of the lower blocks: prompt plus ``tokens`` generated tokens."""
+        return torch.cat([self.prompt_mask, self.prompt_mask.new_ones((self.prompt_mask.shape[0], tokens))], dim=1)
 
-    def _positions(self, offset: int, count: int) -> torch.Tensor:
-        """Per-row positions M_i + offset .. M_i + offset + count - 1: [B, count]."""
-        return self.lengths[:, None] + offset + torch.arange(count, device=self.lengths.device)
+    def _upper_mask(self, tokens: int) -> torch.Tensor:
+        """The 2D mask of the upper blocks: prompt, the bridge columns (only for guided rows), ``tokens``."""
+        n = self.prompt_mask.shape[0]
+        parts = [self.prompt_mask]
+        if self.k:
+            on = self.prompt_mask.new_ones((n,)) if self.active is None else self.active.to(self.prompt_mask.dtype)
+            parts.append(on[:, None].expand(n, self.k))
+        parts.append(self.prompt_mask.new_ones((n, tokens)))
+        return torch.cat(parts, dim=1)
+
+    def _token_positions(self, t: int, count: int) -> torch.Tensor:
+        """Upper-block positions of generated tokens t..t+count-1: M_i (+ K for guided rows) + t: [B, count]."""
+        shift = 0
+        if self.k:
+            shift = self.k if self.active is None else self.k * self.active.long()[:, None]
+        return self.lengths[:, None] + shift + t + torch.arange(count, device=self.lengths.device)
 
     def _upper(self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
                cache: DynamicCache | None = None) -> torch.Tensor:
@@ -248,18 +287,23 @@ class _CachedDecoder:
             states = torch.cat([_pad_left(full, width) for _, full in lower]) if len(groups) > 1 else lower[0][1]
             self.guidance.prompt_fn(*_left_aligned(states.detach(), mask.bool()))
         method = self.guidance.method
+        if method != "none":
+            self.active = self.guidance.gate(h_last.new_zeros((h_last.shape[0], 0, h_last.shape[1])))
+        any_on = self.active is None or bool(self.active.any())
         extra = None
-        if method == "bridge":
+        if method == "bridge" and any_on:
             self.bridge = extra = self.guidance.bridge(h_last)
-        elif method == "inject":
+            self.k = extra.shape[1]
+        elif method == "inject" and any_on:
             extra = self.guidance.delta(h_last)
         logits, start = [], 0
         for g, (h, _) in zip(groups, lower, strict=True):
             rows = slice(start, start + g.mask.shape[0])
             start = rows.stop
             rows_extra = None if extra is None else extra[rows]
-            logits.append(self._upper_prompt(g, h, rows_extra) if passes is None else
-                          self._after_plain_pass(g, passes[len(logits)], rows_extra))
+            on = self._rows_on(rows)
+            logits.append(self._upper_prompt(g, h, rows_extra, on) if passes is None else
+                          self._after_plain_pass(g, passes[len(logits)], rows_extra, on))
         self.cache = merge_left_padded([g.cache for g in groups])
         self.prompt_mask, self.lengths = mask, mask.sum(-1)
         return torch.cat(logits), h_last
@@ -291,76 +335,119 @@ class _CachedDecoder:
         group.cache = clone_cache(found.cache)
         return found
 
-    def _after_plain_pass(self, group: PromptGroup, plain: _PlainPass, extra: torch.Tensor | None) -> torch.Tensor:
+    def _after_plain_pass(self, group: PromptGroup, plain: _PlainPass, extra: torch.Tensor | None,
+                          on: torch.Tensor | None) -> torch.Tensor:
         """Next-token logits after a plain prompt pass: the bridge rows run against the prompt's keys/values;
-        an injected last row replaces the plain one (its upper-block keys/values are cropped first)."""
+        an injected last row replaces the plain one (its upper-block keys/values are cropped first). Rows
+        the gate keeps out predict from the plain pass."""
+        plain_logits = self.runner.logits(plain.top_last)
+        if extra is None:
+            return plain_logits
         if self.guidance.method == "bridge":
-            assert extra is not None
-            return self._upper(extra, *group.with_rows(extra.shape[1]), group.cache)
-        if self.guidance.method == "inject":
-            assert extra is not None
+            positions, mask = group.with_rows(extra.shape[1])
+            if on is not None:
+                mask[:, group.mask.shape[1]:] = on[:, None].to(mask.dtype)
+            guided = self._upper(extra, positions, mask, group.cache)
+        else:
             self.runner.crop_layers(group.cache, self.split, group.mask.shape[1] - 1)
-            return self._upper((plain.h[:, -1] + extra)[:, None], group.positions[:, -1:], group.mask, group.cache)
-        return self.runner.logits(plain.top_last)
+            delta = extra if on is None else extra * on[:, None].to(extra.dtype)
+            guided = self._upper((plain.h[:, -1] + delta)[:, None], group.positions[:, -1:], group.mask, group.cache)
+        return guided if on is None else torch.where(on[:, None], guided, plain_logits)
 
-    def _upper_prompt(self, group: PromptGroup, h: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    def _upper_prompt(self, group: PromptGroup, h: torch.Tensor, extra: torch.Tensor | None,
+                      on: torch.Tensor | None) -> torch.Tensor:
         """Blocks l*+1..L on one group's own columns, plus its bridge rows or injected last row."""
         mask, positions = group.mask, group.positions[:, group.shared:]
-        if self.guidance.method == "bridge":
-            assert extra is not None
-            bridge_positions, mask = group.with_rows(extra.shape[1])
+        k = 0
+        if self.guidance.method == "bridge" and extra is not None:
+            k = extra.shape[1]
+            bridge_positions, mask = group.with_rows(k)
+            if on is not None:
+                mask[:, group.mask.shape[1]:] = on[:, None].to(mask.dtype)
             hidden = torch.cat([h, extra], dim=1)
             positions = torch.cat([positions, bridge_positions], dim=1)
-        elif self.guidance.method == "inject":
-            assert extra is not None
+        elif self.guidance.method == "inject" and extra is not None:
             hidden = h.clone()
-            hidden[:, -1] += extra
+            hidden[:, -1] += extra if on is None else extra * on[:, None].to(extra.dtype)
         else:
             hidden = h
-        return self._upper(hidden, positions, mask, group.cache)
+        out = self.runner.run_blocks(hidden, self.split, self.runner.num_layers, position_ids=positions,
+                                     attention_mask=mask, cache=group.cache)
+        last = out[:, -1]
+        if k and on is not None:  # rows the gate keeps out predict from their last prompt row
+            last = torch.where(on[:, None], last, out[:, -1 - k])
+        return self.runner.logits(last)
+
+    def _update_gate(self) -> torch.Tensor | None:
+        """Re-judge every row on its tokens so far; returns the rows that turned guided now (None: no gate)."""
+        if self.guidance.gate_fn is None:
+            return None
+        judged = self.guidance.gate(torch.cat(self.h_gen, dim=1))
+        assert judged is not None and self.active is not None
+        newly = judged & ~self.active
+        self.active = self.active | judged
+        return newly
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed generated token y_t [B]; return logits for y_{t+1} [B, V] and h(y_t) [B, d]."""
         t = self.fed
         self.fed += 1
-        lower_pos = self._positions(t, 1)
+        lower_pos = self.lengths[:, None] + t
         embedded, rotary = self.runner.prologue(tokens[:, None], lower_pos)
-        h = self.runner.run_blocks(embedded, 0, self.split, position_ids=lower_pos, attention_mask=self._mask(t + 1),
-                                   cache=self.cache, position_embeddings=rotary)
+        h = self.runner.run_blocks(embedded, 0, self.split, position_ids=lower_pos,
+                                   attention_mask=self._lower_mask(t + 1), cache=self.cache,
+                                   position_embeddings=rotary)
         h_cur = h[:, 0]
         method = self.guidance.method
-        if method == "bridge":
+        if method != "none":
             self.h_gen.append(h)
-            if self.guidance.schedule.refresh_due(t + 1):
-                assert self.bridge is not None
-                self.bridge = self.guidance.schedule.blend(self.bridge, self.guidance.bridge(h_cur))
+        due = self.guidance.schedule.refresh_due(t + 1)
+        if method == "bridge" and due:
+            newly = self._update_gate()
+            if self.active is None or bool(self.active.any()):
+                fresh = self.guidance.bridge(h_cur)
+                if self.bridge is None:
+                    self.bridge = fresh
+                else:
+                    blended = self.guidance.schedule.blend(self.bridge, fresh)
+                    # a row guided from this refresh on never used the old bridge: it starts from the new one
+                    self.bridge = blended if newly is None else torch.where(newly[:, None, None], fresh, blended)
                 self.refreshes += 1
-                if self.refresh_mode == "exact":
+                if self.refresh_mode == "exact" or self.k == 0 or (newly is not None and bool(newly.any())):
                     return self._exact_refresh(), h_cur
                 self._refresh_bridge_rows()
         elif method == "inject":
-            h = h + self.guidance.delta(h_cur)[:, None]
-        upper_pos = self._positions(self.k + t, 1)
-        return self._upper(h, upper_pos, self._mask(self.k + t + 1)), h_cur
+            if due:
+                self._update_gate()
+            if self.active is None or bool(self.active.any()):
+                delta = self.guidance.delta(h_cur)
+                h = h + (delta if self.active is None else delta * self.active[:, None].to(delta.dtype))[:, None]
+        return self._upper(h, self._token_positions(t, 1), self._upper_mask(t + 1)), h_cur
 
     def _exact_refresh(self) -> torch.Tensor:
         """Crop the upper caches to the prompt and rerun the upper blocks on [B_new; H_y]."""
+        assert self.bridge is not None
         width = self.prompt_mask.shape[1]
         self.runner.crop_layers(self.cache, self.split, width)
-        hidden = torch.cat([self.bridge, *self.h_gen], dim=1)
-        count = hidden.shape[1]
-        return self._upper(hidden, self._positions(0, count), self._mask(count))
+        self.k = self.bridge.shape[1]
+        tokens = torch.cat(self.h_gen, dim=1)
+        hidden = torch.cat([self.bridge, tokens], dim=1)
+        bridge_pos = self.lengths[:, None] + torch.arange(self.k, device=self.lengths.device)
+        positions = torch.cat([bridge_pos, self._token_positions(0, tokens.shape[1])], dim=1)
+        return self._upper(hidden, positions, self._upper_mask(tokens.shape[1]))
 
     def _refresh_bridge_rows(self) -> None:
         """Approximate refresh: replace only the K bridge rows of the upper caches (see module docstring)."""
+        assert self.bridge is not None
         width, k = self.prompt_mask.shape[1], self.k
         upper_layers = self.cache.layers[self.split:]
         # copies: the bridge rows are rewritten in place below, and the tails are appended after them
         tails = [(layer.keys[..., width + k:, :].clone(), layer.values[..., width + k:, :].clone())
                  for layer in upper_layers]
         self.runner.crop_layers(self.cache, self.split, width)
+        bridge_pos = self.lengths[:, None] + torch.arange(k, device=self.lengths.device)
         self.runner.run_blocks(self.bridge, self.split, self.runner.num_layers,
-                               position_ids=self._positions(0, k), attention_mask=self._mask(k), cache=self.cache)
+                               position_ids=bridge_pos, attention_mask=self._upper_mask(0), cache=self.cache)
         for layer, (keys, values) in zip(upper_layers, tails, strict=True):
             layer.update(keys, values)
 
@@ -592,6 +679,7 @@ def guided_generate(
     return_scores: bool = False,
     score_fn: StateFn | None = None,
     prompt_fn: PromptFn | None = None,
+    gate_fn: GateFn | None = None,
     seed: int | None = None,
     runner: BlockRunner | None = None,
     min_shared_prefix: int | None = 8,
@@ -622,7 +710,7 @@ def guided_generate(
     runner = runner or BlockRunner(model)
     layer = runner.adapter.resolve_layer(layer)
     guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
-                         prompt_fn)
+                         prompt_fn, gate_fn)
     prompt_ids = _encode_prompts(tokenizer, prompts, chat_template)
     stop_ids = _stop_ids(tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -733,6 +821,7 @@ def reference_guided_logits(
     max_new_tokens: int = 16,
     tokens: Sequence[int] | None = None,
     prompt_fn: PromptFn | None = None,
+    gate_fn: GateFn | None = None,
 ) -> ReferenceOutput:
     """Uncached, single-row ground truth: every step recomputes the whole sequence from scratch.
 
@@ -743,7 +832,7 @@ def reference_guided_logits(
     Nothing here shares code with the cached decoder except the schedule.
     """
     guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
-                         prompt_fn)
+                         prompt_fn, gate_fn)
     adapter = LayerAdapter(model)
     device = next(model.parameters()).device
     m = len(prompt_ids)
@@ -751,24 +840,35 @@ def reference_guided_logits(
     generated: list[int] = []
     all_logits = []
     bridge: torch.Tensor | None = None
+    active = guidance.gate_fn is None
+    opened_at = 0  # the step whose prediction first saw the guidance
     for s in range(steps):
         ids = torch.tensor([list(prompt_ids) + generated], device=device)
         h = adapter.hidden_states_at(ids, torch.ones_like(ids), layer)  # [1, m + s, d]
         if s == 0 and prompt_fn is not None:
             prompt_fn(h[:, :m].detach(), torch.ones(1, m, dtype=torch.bool, device=device))
-        if guidance.method == "bridge":
-            if s == 0:
-                bridge = guidance.bridge(h[:, -1])
+        newly = False
+        if guidance.method != "none" and guidance.gate_fn is not None and (s == 0 or guidance.schedule.refresh_due(s)):
+            judged = bool(guidance.gate(h[:, m:])[0])
+            newly, active = judged and not active, active or judged
+            opened_at = s if newly else opened_at
+        if guidance.method == "bridge" and active:
+            if bridge is None or newly:
+                if s == 0 or guidance.schedule.refresh_due(s):
+                    bridge = guidance.bridge(h[:, -1])
             elif guidance.schedule.refresh_due(s):
                 bridge = guidance.schedule.blend(bridge, guidance.bridge(h[:, -1]))
+        if guidance.method == "bridge" and bridge is not None:
             k = bridge.shape[1]
             hidden = torch.cat([h[:, :m], bridge, h[:, m:]], dim=1)
             positions = torch.cat([torch.arange(m + k), m + k + torch.arange(s)]).to(device)
         else:
             hidden = h.clone()
-            if guidance.method == "inject":
-                # every position from the last prompt token on predicts a generated token
-                hidden[0, m - 1:] += guidance.delta(h[0, m - 1:])
+            if guidance.method == "inject" and active:
+                # every position from the last prompt token on predicts a generated token; a gated row gets
+                # its delta from the step its gate opened
+                first = m - 1 + opened_at
+                hidden[0, first:] += guidance.delta(h[0, first:])
             positions = torch.arange(m + s, device=device)
         logits = _forward_with_layer_output(model, layer, hidden, positions[None])
         all_logits.append(logits.float().cpu())

@@ -1,11 +1,14 @@
-"""Plug a trained ValueModule into guided decoding: the bridge, inject and score callables.
+"""Plug a trained ValueModule into guided decoding: the gate, bridge, inject and score callables.
 
 What the value module judges at each point of decoding:
-* the first bridge (after the prompt) comes from the prompt as a whole: z = E(H_prompt), the stage-1
-  view, and h_v = the last prompt token's state (exactly what stage 3 trained the bridge on);
-* a refresh at generated token t judges that token in the context of its prompt:
-  z = E([h_t] | H_prompt) through the conditional path (the stage-2 view), and h_v = h_t.
-SVGT-Inject and the per-token trajectory scores use the same per-token judgement.
+* the gate (``ValueModuleConfig.gate``): after the prompt, s = D(E(H_prompt)) (the stage-1 view); at each
+  refresh, s = D(E(H_response so far | H_prompt)) (the stage-2 view). A row is guided once s exceeds the
+  threshold; until then the backbone runs exactly as unguided (see ``guided_generate``);
+* the first bridge (after the prompt) comes from the prompt as a whole: z = E(H_prompt), and h_v = the
+  last prompt token's state (exactly what stage 3 trained the bridge on);
+* a refresh at generated token t, ``refresh_context="token"``: z = E([h_t] | H_prompt) and h_v = h_t;
+  ``"response"`` (the paper): z = E(H_response so far | H_prompt) and h_v stays the last prompt state.
+SVGT-Inject and the per-token trajectory scores use the per-token judgement.
 """
 
 from __future__ import annotations
@@ -34,19 +37,29 @@ class ValueGuidance:
 
     The prompt context (layer-l* states of the left-padded prompts, last ``window`` tokens as stage 1
     trained on) is given at construction or, in generation, handed over by the decode loop's prefill
-    through ``observe_prompt`` so no second forward pass over the prompts is needed.
+    through ``observe_prompt`` so no second forward pass over the prompts is needed. ``threshold``
+    overrides the module's gate (``"module"``: its own; None: every row guided; a float: guided where
+    s > threshold).
     """
 
     module: ValueModule
     prompt_states: torch.Tensor | None = None  # [B, M, d] layer-l* states of the (left-padded) prompts
     prompt_mask: torch.Tensor | None = None  # [B, M] bool, True = real token
     window: int = 128
+    threshold: float | None | Literal["module"] = "module"
+    gate_scores: list[torch.Tensor] = field(default_factory=list, init=False)  # s at each gate call
+    _response: torch.Tensor | None = field(default=None, init=False)  # [B, t, d] generated so far (from the gate)
     _bridges_made: int = field(default=0, init=False)
+
+    @property
+    def gate_threshold(self) -> float | None:
+        return self.module.config.threshold if self.threshold == "module" else self.threshold  # type: ignore[return-value]
 
     def observe_prompt(self, states: torch.Tensor, mask: torch.Tensor) -> None:
         """``prompt_fn`` for ``guided_generate``: keep the prefill's layer-l* prompt states."""
         self.prompt_states = states[:, -self.window:].float()
         self.prompt_mask = mask[:, -self.window:].bool()
+        self._response, self._bridges_made = None, 0
 
     def _context(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prompt_states is None or self.prompt_mask is None:
@@ -58,13 +71,35 @@ class ValueGuidance:
         z, _ = self.module.score(h[:, None, :], ones, *self._context())
         return z
 
+    def _judge(self, response: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, s) of the prompt alone (``response`` None or empty) or of the response so far in its context."""
+        if response is None or response.shape[1] == 0:
+            return self.module.score(*self._context())
+        response = response[:, -self.window:].float()
+        ones = torch.ones(response.shape[:2], dtype=torch.bool, device=response.device)
+        return self.module.score(response, ones, *self._context())
+
+    def gate_fn(self, response: torch.Tensor) -> torch.Tensor:
+        """``gate_fn`` for ``guided_generate``: which rows are judged harmful now (s > threshold)."""
+        self._response = response
+        threshold = self.gate_threshold
+        _, s = self._judge(response)
+        self.gate_scores.append(s.detach())
+        return torch.ones_like(s, dtype=torch.bool) if threshold is None else s > threshold
+
     def bridge_fn(self, h: torch.Tensor) -> torch.Tensor:
-        if self._bridges_made == 0:
-            z, _ = self.module.score(*self._context())
-        else:
-            z = self._token_z(h)
+        # without a gate nothing reports the response: the first bridge is the one after the prompt
+        after_prompt = self._bridges_made == 0 if self._response is None else self._response.shape[1] == 0
         self._bridges_made += 1
-        return self.module.bridge_tokens(h, z)
+        if after_prompt:
+            z, _ = self.module.score(*self._context())
+            h_v = h
+        elif self.module.config.refresh_context == "response":
+            z, _ = self._judge(self._response)
+            h_v = self._context()[0][:, -1].to(h.dtype)  # left-padded: the last column is the last prompt token
+        else:
+            z, h_v = self._token_z(h), h
+        return self.module.bridge_tokens(h_v, z).to(h.dtype)
 
     def inject_fn(self, h: torch.Tensor) -> torch.Tensor:
         return self.module.inject_delta(self._token_z(h), dtype=h.dtype)
@@ -90,8 +125,11 @@ def prompt_states(model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str]
 def generate_with_module(model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str], *,
                          module: ValueModule | None, method: Method, runner: BlockRunner | None = None,
                          refresh_interval: int | None = None, momentum: float | None = None,
-                         return_scores: bool = False, **kwargs: Any) -> GenerationOutput:
-    """``none``: unguided; ``svgt``: bridge tokens; ``svgt-inject``: the residual-stream ablation."""
+                         return_scores: bool = False, threshold: float | None | Literal["module"] = "module",
+                         **kwargs: Any) -> GenerationOutput:
+    """``none``: unguided; ``svgt``: bridge tokens; ``svgt-inject``: the residual-stream ablation.
+
+    ``threshold``: the module's own gate (``"module"``), None (guide every row) or a score threshold."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     if method == "none" and not return_scores:
@@ -99,13 +137,14 @@ def generate_with_module(model: PreTrainedModel, tokenizer: Any, prompts: Sequen
     if module is None:
         raise ValueError(f"method {method!r} needs a value module")
     cfg = module.config
-    guidance = ValueGuidance(module)
+    guidance = ValueGuidance(module, threshold=threshold)
+    gated = guidance.gate_threshold is not None or cfg.refresh_context == "response"
     return guided_generate(
         model, tokenizer, list(prompts),
         bridge_fn=guidance.bridge_fn if method == "svgt" else None,
         inject_fn=guidance.inject_fn if method == "svgt-inject" else None,
         score_fn=guidance.score_fn if return_scores else None, return_scores=return_scores,
-        prompt_fn=guidance.observe_prompt,
+        prompt_fn=guidance.observe_prompt, gate_fn=guidance.gate_fn if gated else None,
         layer=cfg.layer, num_bridge_tokens=cfg.num_bridge_tokens if method == "svgt" else None,
         refresh_interval=refresh_interval or cfg.refresh_interval,
         momentum=cfg.momentum if momentum is None else momentum, runner=runner, **kwargs)

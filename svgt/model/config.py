@@ -20,6 +20,8 @@ class ValueModuleError(ValueError):
 
 
 Pooling = Literal["last", "attention"]
+Gate = Literal["off", "fixed", "calibrated"]
+RefreshContext = Literal["token", "response"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,21 @@ class ValueModuleConfig:
     reg_margin: float = 0.2  # tau of the manifold regulariser
     refresh_interval: int = 5  # r: recompute the bridge every r generated tokens
     momentum: float = 0.8  # beta: weight of the OLD bridge in the momentum update
+    # when guidance acts (svgt/guidance.py): "off" guides every prompt (the paper); "fixed" / "calibrated" only
+    # rows whose score s exceeds gate_threshold (judged on the prompt, then on the response so far at each
+    # refresh); "calibrated": stage 3 sets gate_threshold so that at most gate_budget of the validation benign
+    # prompts open the gate
+    gate: Gate = "off"
+    gate_threshold: float = 0.0
+    gate_budget: float = 0.05
+    # what a refresh judges: "token" (the current token's state in its prompt's context; h_v = that token) or
+    # "response" (every token generated so far in the prompt's context; h_v stays the prompt's last state)
+    refresh_context: RefreshContext = "token"
+
+    @property
+    def threshold(self) -> float | None:
+        """The score above which guidance acts (None: the gate is off and every row is guided)."""
+        return None if self.gate == "off" else self.gate_threshold
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -96,4 +113,10 @@ def _problems(cfg: ValueModuleConfig) -> list[str]:
         problems.append(f"correction_step must be >= 0, got {cfg.correction_step}")
     if cfg.reg_margin < 0:
         problems.append(f"reg_margin must be >= 0, got {cfg.reg_margin}")
+    if cfg.gate not in ("off", "fixed", "calibrated"):
+        problems.append(f"gate must be 'off', 'fixed' or 'calibrated', got {cfg.gate!r}")
+    if not 0.0 <= cfg.gate_budget <= 1.0:
+        problems.append(f"gate_budget must be in [0, 1], got {cfg.gate_budget}")
+    if cfg.refresh_context not in ("token", "response"):
+        problems.append(f"refresh_context must be 'token' or 'response', got {cfg.refresh_context!r}")
     return problems
