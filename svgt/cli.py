@@ -150,7 +150,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
                                chat_template=not args.no_chat_template, do_sample=args.temperature > 0,
                                temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
                                tracking_uri=args.tracking_uri or params.registry.tracking_uri,
-                               baselines_dir=args.baselines)
+                               baselines_dir=args.baselines, threshold=args.threshold)
     finally:
         if args.out:
             out.close()
@@ -239,6 +239,15 @@ def _require_validation(report_dir: Path, data: Path) -> None:
         raise StepFailed(f"{summary} says validation failed: fix the data and rerun `svgt validate`")
     if result.get("dataset_sha256") != sha256_file(data):
         raise StepFailed(f"{summary} validated a different version of {data}: rerun `svgt validate`")
+
+
+def _threshold(text: str) -> float | str | None:
+    if text in ("module", "off"):
+        return None if text == "off" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold must be a number, 'off' or 'module', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, type=Path, help="default: stdout")
     p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
     p.add_argument("--refresh-interval", default=None, type=int, help="default: the module's r")
+    p.add_argument("--threshold", default="module", type=_threshold,
+                   help="score above which SVGT guides a prompt: a number, 'off' (guide every prompt) or 'module' "
+                        "(the module's own, calibrated in stage 3; default)")
     p.add_argument("--max-new-tokens", default=128, type=int)
     p.add_argument("--batch-size", default=8, type=int)
     p.add_argument("--temperature", default=0.0, type=float, help="0 = greedy")

@@ -73,7 +73,7 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
                  refresh_interval: int | None = None, batch_size: int = 8, chat_template: bool = True,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  seed: int | None = None, tracking_uri: str | None = None,
-                 baselines_dir: Path | None = None) -> GenerateSummary:
+                 baselines_dir: Path | None = None, threshold: float | str | None = "module") -> GenerateSummary:
     check_methods([method])
     if needs_module(method) and module_uri is None:
         raise ValueError(f"--method {method} needs --module")
@@ -86,6 +86,7 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
                                       expected_backbone_sha256=manifest.weights_sha256)
     guidance = load_method(method, module=module, baselines_dir=baselines_dir,
                            backbone_sha256=manifest.weights_sha256)
+    guidance.threshold = threshold
     runner = BlockRunner(model)
     errors: list[str] = []
     if prompts_file is not None:

@@ -680,6 +680,7 @@ def guided_generate(
     score_fn: StateFn | None = None,
     prompt_fn: PromptFn | None = None,
     gate_fn: GateFn | None = None,
+    forced_tokens: Sequence[Sequence[int]] | None = None,
     seed: int | None = None,
     runner: BlockRunner | None = None,
     min_shared_prefix: int | None = 8,
@@ -699,7 +700,10 @@ def guided_generate(
     tokens each, little padding) whose caches are then merged for one decode batch: pass prompts sorted
     by length to make a batch of very different prompt lengths cheap; the outputs are the same.
     ``prompt_cache`` reuses plain prompt passes across calls and methods (see ``PromptPassCache`` for
-    when that is valid); the outputs are the same.
+    when that is valid); the outputs are the same. ``forced_tokens`` (one list per prompt) teacher-forces
+    those tokens instead of choosing them: each row ends after its list (``max_new_tokens`` still caps it),
+    and with ``return_scores`` its logits are the method's next-token logits along that answer (how far a
+    method moves the backbone's own answer, token by token).
     """
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -712,6 +716,12 @@ def guided_generate(
     guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
                          prompt_fn, gate_fn)
     prompt_ids = _encode_prompts(tokenizer, prompts, chat_template)
+    if forced_tokens is not None:
+        if len(forced_tokens) != len(prompt_ids) or any(len(f) == 0 for f in forced_tokens):
+            raise GenerationError(f"forced_tokens needs one non-empty token list per prompt ({len(prompt_ids)}), "
+                                  f"got {len(forced_tokens)} lists")
+        forced = [list(map(int, f)) for f in forced_tokens]
+        max_new_tokens = min(max_new_tokens, max(len(f) for f in forced))
     stop_ids = _stop_ids(tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     groups = prompt_groups(prompt_ids, int(pad_id), min_shared_prefix, prefill_tokens, runner.device)
@@ -726,11 +736,16 @@ def guided_generate(
         rows = _Rows.empty(len(prompt_ids))
         for step in range(max_new_tokens):
             scores = _call_state_fn(score_fn, h, (h.shape[0],), "score_fn") if score_fn is not None else None
-            nxt = select_next(logits.float(), do_sample=do_sample, temperature=temperature, top_p=top_p,
-                              generator=generator)
+            if forced_tokens is None:
+                nxt = select_next(logits.float(), do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                  generator=generator).tolist()
+            else:
+                nxt = [f[step] if step < len(f) else int(pad_id) for f in forced]
             for i in rows.active():
                 _record(rows, i, int(nxt[i]), logits[i] if return_scores else None,
                         scores[i] if scores is not None else None, tokenizer, stop_ids, stop_strings)
+                if forced_tokens is not None and rows.finish[i] is None and len(rows.tokens[i]) >= len(forced[i]):
+                    rows.finish[i] = "length"
             if not rows.active() or step == max_new_tokens - 1:
                 break
             # finished rows keep decoding a pad token; their outputs are ignored

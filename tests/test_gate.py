@@ -109,3 +109,17 @@ def test_gate_contract_violations_are_reported():
         generate("llama", LinearBridge(), gate_fn=lambda r: torch.ones(2, dtype=torch.bool))
     with pytest.raises(GenerationError, match="gate_fn must return a tensor"):
         generate("llama", LinearBridge(), gate_fn=lambda r: [True] * len(PROMPTS))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_forced_tokens_give_the_methods_logits_along_a_given_answer(family):
+    plain = generate(family, None, max_new_tokens=STEPS)
+    answers = [ids[: 3 + i] for i, ids in enumerate(plain.token_ids)]  # rows of different lengths
+    forced = generate(family, LinearBridge(), refresh_interval=3, forced_tokens=answers, max_new_tokens=STEPS)
+    assert forced.token_ids == answers and forced.finish_reasons == ["length"] * 3
+    for i, prompt_ids in enumerate(forced.prompt_ids):
+        ref = reference_guided_logits(sharp_model(family), prompt_ids, LinearBridge(), layer=LAYER,
+                                      refresh_interval=3, tokens=answers[i])
+        assert (forced.logits[i] - ref.logits).abs().max().item() < ATOL
+    with pytest.raises(GenerationError, match="one non-empty token list per prompt"):
+        generate(family, None, forced_tokens=answers[:2])

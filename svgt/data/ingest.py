@@ -254,6 +254,7 @@ def run_ingest(
             "split_leaked_groups_fixed": split_report.leaked_groups_fixed,
             "split_rows_moved": split_report.rows_moved,
             "split_groups_assigned": split_report.assigned_groups,
+            "split_near_duplicate_prompts_grouped": split_report.near_duplicate_prompts,
         }
     )
     digest = write_parquet_atomic(frame, Path(out_parquet))

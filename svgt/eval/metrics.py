@@ -95,6 +95,41 @@ def refusal_rate(responses: Sequence[str], judge: Callable[[str], bool]) -> dict
 over_refusal_rate = refusal_rate  # the same measurement on benign (or look-alike benign) prompts
 
 
+def unchanged_rate(answers: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Share of answers token-for-token identical to the reference (unguided) answer of the same prompt."""
+    if len(answers) != len(reference):
+        raise ValueError(f"unchanged_rate: {len(answers)} answers vs {len(reference)} reference answers")
+    return rate([list(a) == list(r) for a, r in zip(answers, reference, strict=True)])
+
+
+def token_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p_ref || p) in nats from two [T, V] logit tensors (the unguided and guided next-token
+    distributions at the same positions of the same answer)."""
+    if reference_logits.shape != logits.shape or reference_logits.dim() != 2:
+        raise ValueError(f"token_kl: need two [T, V] tensors of one shape, got {list(reference_logits.shape)} "
+                         f"and {list(logits.shape)}")
+    ref = torch.log_softmax(reference_logits.float(), dim=-1)
+    other = torch.log_softmax(logits.float(), dim=-1)
+    return (ref.exp() * (ref - other)).sum(-1).clamp_min(0.0)
+
+
+def mean_token_kl(per_row: Sequence[torch.Tensor], seed: int = 0) -> dict[str, Any]:
+    """Token-weighted mean KL (nats/token) over rows, with a bootstrap 95% interval over rows."""
+    rows = [r.double() for r in per_row if r.numel()]
+    if not rows:
+        return {"value": math.nan, "n": 0, "tokens": 0, "ci95": [math.nan, math.nan]}
+    sums = np.array([float(r.sum()) for r in rows])
+    counts = np.array([r.numel() for r in rows], dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(1000):
+        idx = rng.integers(0, len(rows), len(rows))
+        draws.append(sums[idx].sum() / counts[idx].sum())
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"value": float(sums.sum() / counts.sum()), "n": len(rows), "tokens": int(counts.sum()),
+            "ci95": [float(lo), float(hi)]}
+
+
 def binary_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float | int]:
     """Accuracy, precision, recall and F1 of the positive class (1); nan where undefined."""
     y, p = _binary(labels, "labels"), _binary(predictions, "predictions")

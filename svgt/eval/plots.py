@@ -133,6 +133,47 @@ def plot_main_table(
         plt.close(fig)
 
 
+def plot_frontier(
+    points: Mapping[str, tuple[float, float]],
+    out_path: str | Path,
+    *,
+    errors: Mapping[str, tuple[tuple[float, float], tuple[float, float]]] | None = None,
+    xlabel: str = "over-refusal on benign sensitive prompts (%)",
+    ylabel: str = "harmful prompts answered (%)",
+    title: str = "Safety / over-refusal frontier (lower left is better)",
+) -> Path:
+    """One point per method: ``points[method] = (x, y)`` as rates in [0, 1] (both lower is better), optional
+    95% intervals ``errors[method] = ((x_lo, x_hi), (y_lo, y_hi))``. SVGT variants (names starting with
+    "svgt") are joined by a line in order of x, as a guardrail's sensitivity settings are."""
+    if not points:
+        raise ValueError("plot_frontier: no points to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    try:
+        for name, (x, y) in points.items():
+            xerr = yerr = None
+            if errors is not None and name in errors:
+                (xl, xh), (yl, yh) = errors[name]
+                xerr = [[max(0.0, 100 * (x - xl))], [max(0.0, 100 * (xh - x))]]
+                yerr = [[max(0.0, 100 * (y - yl))], [max(0.0, 100 * (yh - y))]]
+            marker = "o" if name.startswith("svgt") and "inject" not in name else "s"
+            ax.errorbar(100 * x, 100 * y, xerr=xerr, yerr=yerr, fmt=marker, capsize=2, alpha=0.85)
+            ax.annotate(name, (100 * x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        svgt = sorted((p for n, p in points.items() if n.startswith("svgt") and "inject" not in n))
+        if len(svgt) > 1:
+            ax.plot([100 * x for x, _ in svgt], [100 * y for _, y in svgt], "-", color="tab:blue", alpha=0.4)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(left=-2)
+        ax.set_ylim(bottom=-2)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return _save(fig, out_path)
+    finally:
+        plt.close(fig)
+
+
 def _save(fig, out_path: str | Path) -> Path:
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:

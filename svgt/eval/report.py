@@ -52,8 +52,13 @@ class MethodResults(TypedDict, total=False):
     harmful_response_rate: RateCell
     asr: RateCell
     refusal_harmful: RateCell
+    harmful_response_rate_heldout: RateCell
+    refusal_harmful_heldout: RateCell
+    harmful_compliance: RateCell
     over_refusal_benign: RateCell
-    over_refusal_lookalike: RateCell
+    over_refusal_sensitive: RateCell
+    unchanged_benign: RateCell
+    unchanged_sensitive: RateCell
     perplexity: ValueCell
     perplexity_harmful: ValueCell
     tokens_per_s: float
@@ -68,11 +73,12 @@ class MainResults(TypedDict):
 
 # (key, header, is a rate, relative change shown)
 COLUMNS: tuple[tuple[str, str, bool, bool], ...] = (
-    ("harmful_response_rate", "harmful responses % (lower better)", True, True),
+    ("harmful_response_rate", "harmful responses, test split % (harm judge, lower better)", True, True),
+    ("harmful_response_rate_heldout", "harmful responses, held-out sources % (harm judge, lower better)", True, True),
+    ("harmful_compliance", "harmful prompts answered, all % (refusal judge, lower better)", True, True),
     ("asr", "HarmBench ASR % (lower better)", True, True),
-    ("refusal_harmful", "refusal on harmful % (higher better)", True, False),
-    ("over_refusal_benign", "over-refusal benign % (lower better)", True, False),
-    ("over_refusal_lookalike", "over-refusal look-alike % (lower better)", True, False),
+    ("over_refusal_benign", "over-refusal everyday % (lower better)", True, False),
+    ("over_refusal_sensitive", "over-refusal sensitive, held-out % (lower better)", True, False),
     ("perplexity", "PPL benign (lower better)", False, True),
     ("perplexity_harmful", "PPL harmful (not gated)", False, True),
 )

@@ -297,6 +297,9 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
     val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed, device)
 
     def train_step(batch: list[TargetExample]) -> dict[str, float]:
+        # the frozen encoder and discriminator judge as they will at generation time: no dropout
+        module.encoder.eval()
+        module.discriminator.eval()
         optimizer.zero_grad(set_to_none=True)
         out = objective.bridge_losses(batch)
         loss = out["total"]

@@ -18,6 +18,7 @@ from svgt.hidden_states import HiddenStateStore
 from svgt.io import sha256_file, without_timings, write_json_atomic, write_text_atomic
 from svgt.model import save_value_module
 from svgt.model.module import load_value_module
+from svgt.training.calibrate import calibrate_gate
 from svgt.training.data import load_stage_examples
 from svgt.training.job import StageJob, job_from_params
 from svgt.training.ray_runner import run_stage
@@ -96,6 +97,10 @@ def train_stage(
     train_seconds = time.perf_counter() - t0
     store = HiddenStateStore(hidden_dir)
     test = _test_metrics(params, stage, outcome.module, store, data_path, init_module)
+    if stage == 3:  # the finished module's operating point (svgt/training/calibrate.py)
+        gate = calibrate_gate(outcome.module, store, pd.read_parquet(data_path), params.train.stage1.max_tokens)
+        test |= {f"gate_{k}" if not k.startswith("gate") else k: v for k, v in gate.items()}
+        log.info("stage 3 gate: %s", gate)
     metrics = {
         "stage": stage,
         "train_seconds": round(train_seconds, 1),
