@@ -145,6 +145,9 @@ class GenerationOutput:
     logits: list[torch.Tensor] | None = None
     value_scores: list[torch.Tensor] | None = None
     prompt_ids: list[list[int]] = field(default_factory=list)
+    # with a gate: the step from which each row was guided (0: from the prompt; None: never)
+    guided_from: list[int | None] | None = None
+    prompt_scores: list[float] | None = None  # the value module's prompt-level score per row (set by svgt.guidance)
 
 
 # ---------------------------------------------------------------- guidance callables
@@ -236,6 +239,7 @@ class _CachedDecoder:
         self.bridge: torch.Tensor | None = None
         self.k = 0  # bridge columns in the upper caches
         self.active: torch.Tensor | None = None  # [B] bool: rows the guidance acts on (None: every row)
+        self.guided_from: list[int | None] | None = None  # per row: the step its gate opened
         self.prompt_mask = torch.empty(0, 0, dtype=torch.long)  # set by prefill
         self.lengths = torch.empty(0, dtype=torch.long)
 
@@ -289,6 +293,8 @@ class _CachedDecoder:
         method = self.guidance.method
         if method != "none":
             self.active = self.guidance.gate(h_last.new_zeros((h_last.shape[0], 0, h_last.shape[1])))
+            if self.active is not None:
+                self.guided_from = [0 if bool(a) else None for a in self.active]
         any_on = self.active is None or bool(self.active.any())
         extra = None
         if method == "bridge" and any_on:
@@ -386,6 +392,9 @@ class _CachedDecoder:
         assert judged is not None and self.active is not None
         newly = judged & ~self.active
         self.active = self.active | judged
+        if self.guided_from is not None:
+            for i in newly.nonzero().flatten().tolist():
+                self.guided_from[i] = self.fed
         return newly
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -754,9 +763,11 @@ def guided_generate(
                                 device=runner.device)
             logits, h = decoder.step(feed)
         decode_s = time.perf_counter() - start - prefill_s
-        return _finish(rows, tokenizer, stop_strings, prompt_ids, return_scores, score_fn is not None,
-                       GenerationTiming(prefill_s, decode_s, sum(len(t) for t in rows.tokens), decoder.refreshes,
-                                        guidance.bridge_calls))
+        out = _finish(rows, tokenizer, stop_strings, prompt_ids, return_scores, score_fn is not None,
+                      GenerationTiming(prefill_s, decode_s, sum(len(t) for t in rows.tokens), decoder.refreshes,
+                                       guidance.bridge_calls))
+        out.guided_from = decoder.guided_from
+        return out
 
 
 def _record(rows: _Rows, i: int, token: int, logits: torch.Tensor | None, score: torch.Tensor | None,

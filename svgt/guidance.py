@@ -139,7 +139,7 @@ def generate_with_module(model: PreTrainedModel, tokenizer: Any, prompts: Sequen
     cfg = module.config
     guidance = ValueGuidance(module, threshold=threshold)
     gated = guidance.gate_threshold is not None or cfg.refresh_context == "response"
-    return guided_generate(
+    out = guided_generate(
         model, tokenizer, list(prompts),
         bridge_fn=guidance.bridge_fn if method == "svgt" else None,
         inject_fn=guidance.inject_fn if method == "svgt-inject" else None,
@@ -148,3 +148,6 @@ def generate_with_module(model: PreTrainedModel, tokenizer: Any, prompts: Sequen
         layer=cfg.layer, num_bridge_tokens=cfg.num_bridge_tokens if method == "svgt" else None,
         refresh_interval=refresh_interval or cfg.refresh_interval,
         momentum=cfg.momentum if momentum is None else momentum, runner=runner, **kwargs)
+    if guidance.gate_scores:
+        out.prompt_scores = [float(x) for x in guidance.gate_scores[0]]
+    return out

@@ -74,6 +74,8 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     closed = on_disk["methods"]["svgt@1e+09"]
     assert closed["unchanged_benign"]["rate"] == 1.0 and closed["kl_benign"]["value"] < 1e-7
     assert on_disk["methods"]["none"]["unchanged_benign"]["rate"] == 1.0
+    assert closed["guided"]["benign"]["rate"] == 0.0 and closed["guided"]["harmful"]["n"] == 3
+    assert 0.0 <= closed["prompt_auroc"]["test_split"]["auroc"] <= 1.0 and "guided" not in on_disk["methods"]["svgt"]
     # the gate-less svgt (a random module's bridge) moves the benign answers' distributions
     assert on_disk["methods"]["svgt"]["kl_benign"]["value"] > 1e-5 and on_disk["methods"]["svgt"]["kl_benign"]["n"] == 2
     assert (tmp_path / "plots" / "eval_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -166,7 +168,8 @@ def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt()
             assert prefill_tokens == cfg.prefill_tokens and prompt_cache is None  # not a plain-pass method
             batches.append((list(prompts), return_scores))
             return SimpleNamespace(texts=[p.upper() for p in prompts], token_ids=[[1] * len(p) for p in prompts],
-                                   timing=SimpleNamespace(refreshes=0, prefill_s=0.0),
+                                   timing=SimpleNamespace(refreshes=0, prefill_s=0.0), guided_from=None,
+                                   prompt_scores=None,
                                    value_scores=[[float(len(p))] for p in prompts] if return_scores else None)
 
     prompts = ["a" * n for n in (9, 2, 7, 1, 5, 3)]

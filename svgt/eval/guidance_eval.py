@@ -63,6 +63,7 @@ from svgt.data.schema import normalize_prompt
 from svgt.eval.judges import RefusalJudge, run_judge
 from svgt.eval.judges.base import HarmJudge
 from svgt.eval.metrics import (
+    auroc,
     bootstrap_ci,
     harmful_response_rate,
     mean_token_kl,
@@ -185,6 +186,8 @@ class MethodRun:
     refreshes: int
     prefill_seconds: float = 0.0  # the prompt passes (and first bridges); near 0 where a shared pass served them
     logits: dict[str, list[torch.Tensor]] | None = None  # next-token logits on ``keep_logits`` sets (float16)
+    guided: dict[str, list[bool]] | None = None  # gated methods: whether the guidance acted on each row
+    prompt_scores: dict[str, list[float]] | None = None  # value-module methods: the prompt-level score per row
 
 
 def length_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -220,6 +223,8 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
     texts: dict[tuple[str, int], str] = {}
     ids: dict[tuple[str, int], list[int]] = {}
     kept: dict[tuple[str, int], torch.Tensor] = {}
+    guided: dict[tuple[str, int], bool] = {}
+    prompt_scores: dict[tuple[str, int], float] = {}
     row_scores: dict[int, list[float]] = {}
     tokens, seconds, prefill, refreshes = 0, 0.0, 0.0, 0
     meter = PeakRSS()
@@ -242,6 +247,11 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
             prefill += res.timing.prefill_s
             texts.update(((kind, i), text) for (kind, i, _), text in zip(batch, res.texts, strict=True))
             ids.update(((kind, i), row) for (kind, i, _), row in zip(batch, res.token_ids, strict=True))
+            if res.guided_from is not None:
+                guided.update(((kind, i), g is not None)
+                              for (kind, i, _), g in zip(batch, res.guided_from, strict=True))
+            if res.prompt_scores is not None:
+                prompt_scores.update(((kind, i), x) for (kind, i, _), x in zip(batch, res.prompt_scores, strict=True))
             if logits_wanted and res.logits is not None:
                 kept.update(((kind, i), row.half()) for (kind, i, _), row in zip(batch, res.logits, strict=True)
                             if kind in keep_logits)
@@ -253,8 +263,10 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
     token_ids = {kind: [ids[(kind, i)] for i in range(len(prompts))] for kind, prompts in sets.items()}
     logits = {kind: [kept[(kind, i)] for i in range(len(sets[kind]))] for kind in keep_logits if kind in sets}
     scores = [row_scores[i] for i in sorted(row_scores)]
+    per_set = lambda found: ({kind: [found[(kind, i)] for i in range(len(p))] for kind, p in sets.items()}  # noqa: E731
+                             if len(found) == len(items) else None)
     return MethodRun(responses, token_ids, scores, tokens, seconds, meter.above_baseline_mb, refreshes, prefill,
-                     logits or None)
+                     logits or None, per_set(guided), per_set(prompt_scores))
 
 
 def side_effects(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner, sets: dict[str, list[str]],
@@ -359,6 +371,17 @@ def score_method(run: MethodRun, sets: dict[str, list[str]], refusal: RefusalJud
         for kind in BENIGN_SETS:
             if sets.get(kind):
                 out[f"unchanged_{kind}"] = unchanged_rate(run.token_ids[kind], base.token_ids[kind])
+    if run.guided is not None:  # how often the gate let the guidance act, per set
+        out["guided"] = {kind: rate(flags) for kind, flags in run.guided.items() if flags}
+    if run.prompt_scores is not None:  # the prompt-level judgement alone: harmful vs benign prompts
+        out["prompt_auroc"] = {}
+        for name, pos, neg in (("test_split", "harmful", "benign"),
+                               ("heldout_sources", "harmful_heldout", "sensitive")):
+            if sets.get(pos) and sets.get(neg):
+                scores = run.prompt_scores[pos] + run.prompt_scores[neg]
+                labels = [1] * len(sets[pos]) + [0] * len(sets[neg])
+                out["prompt_auroc"][name] = {"auroc": auroc(labels, scores), "n_harmful": len(sets[pos]),
+                                             "n_benign": len(sets[neg])}
     if ppl is not None:
         out |= ppl
     out["new_tokens"] = run.new_tokens
@@ -553,6 +576,20 @@ def render_report(results: dict[str, Any]) -> str:
                  _rate_cell(e.get("refusal_harmful")), _rate_cell(e.get("refusal_harmful_heldout"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
+    gated = {n: e for n, e in results["methods"].items() if e.get("guided") or e.get("prompt_auroc")}
+    if gated:
+        lines += ["## When the guidance acted (gate) and the prompt-level judgement", "",
+                  f"Gate: `{results.get('gate')}`. Guided: share of prompts on which the bridge (or delta) acted at "
+                  "any step. AUROC: the value module's prompt score, harmful vs benign prompts.", "",
+                  "| method | guided harmful test % | guided harmful held-out % | guided everyday % | "
+                  "guided sensitive % | prompt AUROC test split | prompt AUROC held-out sources |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, e in gated.items():
+            g, a = e.get("guided") or {}, e.get("prompt_auroc") or {}
+            cells = [_rate_cell(g.get(k)) for k in ("harmful", "harmful_heldout", "benign", "sensitive")]
+            cells += [_num((a.get(k) or {}).get("auroc")) for k in ("test_split", "heldout_sources")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     disc = results.get("discrimination") or {}
     if disc:
         lines += ["## Discrimination on the stage-2 test pairs (stage 1 = no prompt context)", "",
