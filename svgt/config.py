@@ -110,6 +110,7 @@ class ModelConfig:
     gate: Literal["off", "fixed", "calibrated"] = "off"
     gate_threshold: float = 0.0
     gate_budget: float = 0.05
+    gate_response_threshold: float | None = None
     refresh_context: Literal["token", "response"] = "token"
 
 

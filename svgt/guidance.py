@@ -55,6 +55,11 @@ class ValueGuidance:
     def gate_threshold(self) -> float | None:
         return self.module.config.threshold if self.threshold == "module" else self.threshold  # type: ignore[return-value]
 
+    @property
+    def response_threshold(self) -> float | None:
+        """The threshold for an answer in progress: the module's own, or the override for both."""
+        return self.module.config.response_threshold if self.threshold == "module" else self.threshold  # type: ignore[return-value]
+
     def observe_prompt(self, states: torch.Tensor, mask: torch.Tensor) -> None:
         """``prompt_fn`` for ``guided_generate``: keep the prefill's layer-l* prompt states."""
         self.prompt_states = states[:, -self.window:].float()
@@ -82,7 +87,7 @@ class ValueGuidance:
     def gate_fn(self, response: torch.Tensor) -> torch.Tensor:
         """``gate_fn`` for ``guided_generate``: which rows are judged harmful now (s > threshold)."""
         self._response = response
-        threshold = self.gate_threshold
+        threshold = self.gate_threshold if response.shape[1] == 0 else self.response_threshold
         _, s = self._judge(response)
         self.gate_scores.append(s.detach())
         return torch.ones_like(s, dtype=torch.bool) if threshold is None else s > threshold

@@ -56,3 +56,31 @@ def test_budget_threshold_keeps_at_most_the_budget_above_it():
     assert (scores > budget_threshold(scores, 1.0)).sum() == 10
     with pytest.raises(ValueError, match="no benign prompts"):
         budget_threshold(np.array([]), 0.1)
+
+
+def test_calibrate_gate_meets_its_budget_on_validation_prompts_and_answers(tiny_pipeline):
+    import torch
+
+    from svgt.hidden_states import HiddenStateStore
+    from svgt.model import ValueModule, ValueModuleConfig
+    from svgt.training.calibrate import answer_scores, calibrate_gate
+    from svgt.training.data import load_stage_examples
+    from svgt.training.stages import score_examples
+
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet")
+    torch.manual_seed(0)
+    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
+                                           refresh_interval=2, gate="calibrated", gate_budget=0.25)).eval()
+    out = calibrate_gate(module, store, frame, max_tokens=64, horizon=6)
+    cfg = module.config
+    assert out["gate_threshold"] == cfg.gate_threshold and out["gate_response_threshold"] == cfg.gate_response_threshold
+    val = load_stage_examples(store, frame, "stage1", "val", 64)
+    benign = score_examples(module, [e for e in val if e.label == 0])
+    assert (benign > cfg.gate_threshold).sum() <= int(0.25 * benign.size) and benign.size >= 4
+    assert (benign >= cfg.gate_threshold).sum() > int(0.25 * benign.size)  # the lowest such threshold
+    answers = answer_scores(module, store, frame, "val", 64, 6)
+    assert answers.size and (answers > cfg.gate_response_threshold).mean() <= 0.25
+    assert out["val_benign_gate_open_rate"] <= 0.25 and 0 <= out["test_benign_gate_open_rate"] <= 1
+    off = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
+    assert calibrate_gate(off, store, frame, max_tokens=64, horizon=6) == {"gate": "off"}

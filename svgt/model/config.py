@@ -58,6 +58,8 @@ class ValueModuleConfig:
     gate: Gate = "off"
     gate_threshold: float = 0.0
     gate_budget: float = 0.05
+    # the threshold for an answer in progress (judged at each refresh); None: gate_threshold
+    gate_response_threshold: float | None = None
     # what a refresh judges: "token" (the current token's state in its prompt's context; h_v = that token) or
     # "response" (every token generated so far in the prompt's context; h_v stays the prompt's last state)
     refresh_context: RefreshContext = "token"
@@ -66,6 +68,13 @@ class ValueModuleConfig:
     def threshold(self) -> float | None:
         """The score above which guidance acts (None: the gate is off and every row is guided)."""
         return None if self.gate == "off" else self.gate_threshold
+
+    @property
+    def response_threshold(self) -> float | None:
+        """The score above which an answer in progress opens the gate (None: the gate is off)."""
+        if self.gate == "off":
+            return None
+        return self.gate_threshold if self.gate_response_threshold is None else self.gate_response_threshold
 
     def __post_init__(self) -> None:
         problems = _problems(self)

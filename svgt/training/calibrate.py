@@ -1,10 +1,17 @@
-"""The guidance gate's operating point: the score threshold above which a prompt is guided.
+"""The guidance gate's operating points: the score thresholds above which a prompt, or an answer in
+progress, is guided.
 
-``model.gate: calibrated`` sets it on validation data to a stated over-refusal budget: the lowest threshold
-at which at most ``gate_budget`` of the validation split's benign prompts would open the gate (their
-stage-1 score s exceeds it). Refusals can only come from guided prompts, so this bounds the gate's share of
-over-refusal on data like the validation set; the test split and held-out sources show how it transfers.
-Never calibrated on an evaluation set.
+``model.gate: calibrated`` sets both on validation data to a stated over-refusal budget:
+
+* ``gate_threshold``: the lowest threshold at which at most ``gate_budget`` of the validation split's
+  benign prompts would open the gate (their stage-1 score exceeds it);
+* ``gate_response_threshold``: the same for the answers to those benign prompts, judged as the decode loop
+  judges them, on the answer so far at every refresh (prefixes of r, 2r, ... tokens up to the horizon),
+  a row counting as opened if any prefix scores above the threshold.
+
+Refusals can only come from guided prompts, so this bounds the gate's share of over-refusal on data like
+the validation set; the test split and the held-out sources show how it transfers. Never calibrated on an
+evaluation set.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import pandas as pd
 
 from svgt.hidden_states import HiddenStateStore
 from svgt.model import ValueModule
-from svgt.training.data import load_stage_examples
+from svgt.training.data import SequenceExample, load_stage_examples
 from svgt.training.stages import score_examples
 
 
@@ -44,19 +51,44 @@ def open_rates(module: ValueModule, store: HiddenStateStore, frame: pd.DataFrame
     return out
 
 
-def calibrate_gate(module: ValueModule, store: HiddenStateStore, frame: pd.DataFrame, max_tokens: int
-                   ) -> dict[str, Any]:
-    """Set ``module.config.gate_threshold`` from the validation split (``gate: calibrated``; other gates are
-    left as configured) and return the threshold with the gate's open rates on validation and test prompts."""
+def answer_scores(module: ValueModule, store: HiddenStateStore, frame: pd.DataFrame, split: str, max_tokens: int,
+                  horizon: int) -> np.ndarray:
+    """Per benign-prompt answer in ``split``: the highest score over its prefixes of r, 2r, ... tokens (up to
+    ``horizon``), judged in its prompt's context as the decode loop's refreshes judge it."""
+    benign_ids = set(frame.loc[(frame["split"] == split) & (frame["prompt_harmful"] == 0), "id"])
+    answers = [e for e in load_stage_examples(store, frame, "stage2", split, max_tokens) if e.id in benign_ids]
+    if not answers:
+        return np.zeros(0)
+    every = module.config.refresh_interval
+    best = np.full(len(answers), -np.inf)
+    for t in range(every, max(every, horizon) + 1, every):
+        prefixes = [SequenceExample(e.id, e.states[:t], e.label, e.prompt_states) for e in answers]
+        best = np.maximum(best, score_examples(module, prefixes))
+    return best
+
+
+def calibrate_gate(module: ValueModule, store: HiddenStateStore, frame: pd.DataFrame, max_tokens: int,
+                   horizon: int) -> dict[str, Any]:
+    """Set the gate's thresholds from the validation split (``gate: calibrated``; other gates are left as
+    configured) and return them with the gate's open rates on validation and test prompts and answers."""
     cfg = module.config
     if cfg.gate == "calibrated":
         examples = load_stage_examples(store, frame, "stage1", "val", max_tokens)
         benign = score_examples(module, [e for e in examples if e.label == 0])
-        module.config = dataclasses.replace(cfg, gate_threshold=budget_threshold(benign, cfg.gate_budget))
+        answers = answer_scores(module, store, frame, "val", max_tokens, horizon)
+        module.config = dataclasses.replace(
+            cfg, gate_threshold=budget_threshold(benign, cfg.gate_budget),
+            gate_response_threshold=budget_threshold(answers, cfg.gate_budget) if answers.size else None)
     threshold = module.config.threshold
     if threshold is None:
         return {"gate": "off"}
-    out: dict[str, Any] = {"gate": module.config.gate, "gate_threshold": threshold, "gate_budget": cfg.gate_budget}
+    response_threshold = module.config.response_threshold
+    out: dict[str, Any] = {"gate": module.config.gate, "gate_threshold": threshold,
+                           "gate_response_threshold": response_threshold, "gate_budget": cfg.gate_budget}
     for split in ("val", "test"):
         out |= open_rates(module, store, frame, split, max_tokens, threshold)
+        answers = answer_scores(module, store, frame, split, max_tokens, horizon)
+        out[f"{split}_benign_answers_n"] = int(answers.size)
+        out[f"{split}_benign_answers_gate_open_rate"] = (float((answers > response_threshold).mean())
+                                                         if answers.size else math.nan)
     return out

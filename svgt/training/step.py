@@ -98,7 +98,8 @@ def train_stage(
     store = HiddenStateStore(hidden_dir)
     test = _test_metrics(params, stage, outcome.module, store, data_path, init_module)
     if stage == 3:  # the finished module's operating point (svgt/training/calibrate.py)
-        gate = calibrate_gate(outcome.module, store, pd.read_parquet(data_path), params.train.stage1.max_tokens)
+        gate = calibrate_gate(outcome.module, store, pd.read_parquet(data_path), params.train.stage1.max_tokens,
+                              params.train.stage3.max_response_tokens)
         test |= {f"gate_{k}" if not k.startswith("gate") else k: v for k, v in gate.items()}
         log.info("stage 3 gate: %s", gate)
     metrics = {
