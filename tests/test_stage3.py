@@ -199,3 +199,35 @@ def test_prefix_cache_reuse_equals_recomputation(tiny_pipeline, stage2_module):
                 assert got[key].item() == pytest.approx(want[key].item(), abs=1e-5), (name, key)
     assert not fresh.prefixes.entries and fresh.prefixes.bytes == 0
     assert set(cached.prefixes.entries) == {e.id for e in targets}
+
+
+def test_training_logits_equal_guided_decoding_logits_for_the_same_tokens(tiny_pipeline, stage2_module):
+    """Stage 3 fits exactly what guided decoding computes: the teacher-forced logits of the bridge objective
+    equal `guided_generate`'s logits along the same target tokens (forced, no refresh within the target)."""
+    from svgt.guidance import generate_with_module
+    from svgt.training.stages import initial_module
+
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet").set_index("id")
+    module = initial_module(job, store).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # an open, sizeable bridge, so a misplaced row or position would show
+        module.bridge.gate.fill_(3.0)
+        for p in module.bridge.proj.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    targets = load_targets(store, frame.reset_index(), tok, "train", 8, 4, 0)
+    trained = BehaviourObjective(module, BlockRunner(model), (0.5, 2.0, 0.1)).bridge_logits(targets)
+    decoded = generate_with_module(model, tok, [frame.at[e.id, "prompt"] for e in targets], module=module,
+                                   method="svgt", threshold=None, refresh_interval=1000, return_scores=True,
+                                   forced_tokens=[e.response_ids.tolist() for e in targets], max_new_tokens=8,
+                                   stop_token_ids=())
+    plain = generate_with_module(model, tok, [frame.at[e.id, "prompt"] for e in targets], module=module,
+                                 method="none", forced_tokens=[e.response_ids.tolist() for e in targets],
+                                 max_new_tokens=8, stop_token_ids=(), return_scores=True)
+    for i, e in enumerate(targets):
+        assert decoded.token_ids[i] == e.response_ids.tolist()
+        gap = (trained[i] - decoded.logits[i]).abs().max().item()
+        effect = (plain.logits[i] - decoded.logits[i]).abs().max().item()
+        assert gap < 1e-4 and effect > 100 * gap, (gap, effect)

@@ -242,7 +242,8 @@ class BehaviourObjective:
         _, s = self.module.score(above[:, rows], tmask, prompt, prompt_mask)
         return out | {"safety": safety_loss(s), "score": s.detach().mean()}
 
-    def bridge_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
+    def _bridge_forward(self, batch: Sequence[TargetExample]):
+        """(bridge [B, K, d], block l*+1 and block L outputs on [B; R], prompt states, prompt mask)."""
         prompt, prompt_mask = _pad([e.prompt_states for e in batch])
         h_v = torch.stack([e.prompt_states[-1] for e in batch])
         with torch.no_grad():
@@ -250,6 +251,19 @@ class BehaviourObjective:
         bridge = self.module.bridge_tokens(h_v, z)  # [B, K, d], differentiable w.r.t. the bridge
         tails = [torch.cat([bridge[i], e.response_states]) for i, e in enumerate(batch)]
         above, top = self._upper(batch, False, tails)
+        return bridge, above, top, prompt, prompt_mask
+
+    @torch.no_grad()
+    def bridge_logits(self, batch: Sequence[TargetExample]) -> list[torch.Tensor]:
+        """Per example, the guided next-token logits [T, V] on its target tokens: what training fits, and what
+        guided decoding computes for the same tokens before the first refresh."""
+        bridge, _, top, _, _ = self._bridge_forward(batch)
+        k = bridge.shape[1]
+        return [self.runner.logits(top[i, k - 1: k - 1 + len(e.response_ids)]) for i, e in enumerate(batch)]
+
+    def bridge_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
+        bridge, above, top, prompt, prompt_mask = self._bridge_forward(batch)
+        h_v = torch.stack([e.prompt_states[-1] for e in batch])
         out = self._losses(top, above, bridge.shape[1], batch, prompt, prompt_mask)
         out["reg"] = manifold_regulariser(bridge, h_v, self.module.config.reg_margin)
         out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
