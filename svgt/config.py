@@ -103,6 +103,8 @@ class ModelConfig:
     cross_scale_init: float = 3.0
     num_bridge_tokens: int = 5
     gate_init: float = -2.0
+    bridge_retrieval: Literal["single", "multihead"] = "single"
+    bridge_heads: int = 4
     correction_step: float = 1.0
     reg_margin: float = 0.2
     refresh_interval: int = 5

@@ -73,8 +73,8 @@ def test_config_roundtrip():
 
 
 def test_config_unknown_key_is_named():
-    raw = {**make_config().to_dict(), "bridge_heads": 4}
-    with pytest.raises(ValueModuleError, match="unknown key.*bridge_heads"):
+    raw = {**make_config().to_dict(), "bridge_depth": 4}
+    with pytest.raises(ValueModuleError, match="unknown key.*bridge_depth"):
         ValueModuleConfig.from_dict(raw)
 
 
@@ -291,6 +291,29 @@ def test_bridge_initial_gate_and_closed_gate():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def test_multihead_retrieval_gives_distinct_bridge_tokens_and_learns_its_projections():
+    """Without projections every token is a convex mix of the same two bank vectors: the K tokens lie on one
+    line (centred rank 1). Learned multi-head retrieval mixes per head, so they can differ in K - 1 directions."""
+    torch.manual_seed(0)
+    h_v, dz = torch.randn(1, D) * 3, torch.randn(1, DV)
+    single = LatentValueBridge(D, DV, K)
+    multi = LatentValueBridge(D, DV, K, retrieval="multihead", heads=4)
+    with torch.no_grad():
+        for bridge in (single, multi):
+            bridge.queries.normal_()  # non-uniform attention, as after training
+
+    def centred_rank(raw):
+        return int(torch.linalg.matrix_rank(raw[0] - raw[0].mean(0, keepdim=True), rtol=1e-4))
+
+    assert centred_rank(single.retrieve(h_v, dz)) == 1 and centred_rank(multi.retrieve(h_v, dz)) == K - 1
+    multi(h_v, dz).pow(2).mean().backward()
+    assert multi.attention.in_proj_weight.grad.abs().sum() > 0 and multi.attention.out_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueModuleError, match="bridge_heads=5 must be >= 1 and divide hidden_size=32"):
+        ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2, bridge_heads=5)
+    with pytest.raises(ValueError, match="retrieval must be"):
+        LatentValueBridge(D, DV, K, retrieval="sparse")
+
+
 def test_bridge_is_attention_over_the_two_entry_bank():
     bridge = LatentValueBridge(D, DV, K, gate_init=0.5)
     h_v, dz = torch.randn(2, D), torch.randn(2, DV)
@@ -458,9 +481,9 @@ def test_unrecorded_backbone_cannot_be_checked(tmp_path):
 def test_unknown_config_key_in_saved_module_is_refused(tmp_path):
     _, path = _saved(tmp_path)
     payload = json.loads((path / "config.json").read_text())
-    payload["config"]["bridge_heads"] = 2
+    payload["config"]["bridge_depth"] = 2
     _rewrite(path, "config.json", payload)
-    with pytest.raises(ValueModuleError, match="unknown key.*bridge_heads"):
+    with pytest.raises(ValueModuleError, match="unknown key.*bridge_depth"):
         load_value_module(path)
 
 

@@ -10,6 +10,10 @@ LN_h(x) = LayerNorm(x) * std(h_v) + mean(h_v), per row. A plain LayerNorm puts e
 which the later layers read as off-manifold outliers and generation degrades. With LN_h a closed gate
 gives exactly K copies of h_v, and the manifold regulariser starts near zero. The small initial gate
 (softplus(-2) ~ 0.127) keeps early training close to "insert h_v K times".
+
+``retrieval="multihead"`` replaces the single projection-free attention with multi-head attention with
+learned query/key/value/output projections, as the authors' code does: without projections every seed query
+can only mix the same two bank vectors, so the K tokens are near-copies of one mix of [h_v; proj(dz)].
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ from torch import nn
 class LatentValueBridge(nn.Module):
     """Maps h_v [B, d] (layer-l* state of the last prompt token) and dz [B, d_v] to bridge tokens [B, K, d]."""
 
-    def __init__(self, hidden_size: int, d_v: int, num_tokens: int, gate_init: float = -2.0):
+    def __init__(self, hidden_size: int, d_v: int, num_tokens: int, gate_init: float = -2.0,
+                 retrieval: str = "single", heads: int = 4):
         super().__init__()
+        if retrieval not in ("single", "multihead"):
+            raise ValueError(f"retrieval must be 'single' or 'multihead', got {retrieval!r}")
         self.hidden_size = hidden_size
         self.proj = nn.Sequential(nn.Linear(d_v, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
         self.queries = nn.Parameter(torch.randn(num_tokens, hidden_size) * 0.02)
         self.gate = nn.Parameter(torch.tensor(float(gate_init)))
         self.norm = nn.LayerNorm(hidden_size)
+        self.attention = nn.MultiheadAttention(hidden_size, heads, batch_first=True) if retrieval == "multihead" \
+            else None
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -43,10 +52,17 @@ class LatentValueBridge(nn.Module):
         if dz.dim() != 2 or dz.shape[0] != h_v.shape[0]:
             raise ValueError(f"dz must be [{h_v.shape[0]}, d_v], got {list(dz.shape)}")
         h_v = h_v.to(self.queries.dtype)
-        bank = torch.stack([h_v, self.proj(dz.to(self.queries.dtype))], dim=1)  # C: [B, 2, d]
-        weights = torch.softmax(torch.einsum("kd,bnd->bkn", self.queries, bank) / math.sqrt(self.hidden_size), -1)
-        raw = torch.einsum("bkn,bnd->bkd", weights, bank)  # B_raw: [B, K, d]
+        raw = self.retrieve(h_v, dz)
         return self.anchor_norm(h_v.unsqueeze(1) + self.alpha * raw, h_v)
+
+    def retrieve(self, h_v: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+        """B_raw [B, K, d]: what the K seed queries read from the bank C = [h_v; proj(dz)]."""
+        bank = torch.stack([h_v, self.proj(dz.to(self.queries.dtype))], dim=1)  # C: [B, 2, d]
+        if self.attention is not None:
+            queries = self.queries.unsqueeze(0).expand(bank.shape[0], -1, -1)
+            return self.attention(queries, bank, bank, need_weights=False)[0]
+        weights = torch.softmax(torch.einsum("kd,bnd->bkn", self.queries, bank) / math.sqrt(self.hidden_size), -1)
+        return torch.einsum("bkn,bnd->bkd", weights, bank)
 
     def anchor_norm(self, x: torch.Tensor, h_v: torch.Tensor) -> torch.Tensor:
         """LayerNorm of ``x`` [B, K, d] rescaled to the mean and spread of its anchor ``h_v`` [B, d]."""

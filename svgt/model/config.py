@@ -47,6 +47,10 @@ class ValueModuleConfig:
     cross_scale_init: float = 3.0  # lambda in z = z_u + lambda * LayerNorm(cross)
     num_bridge_tokens: int = 5  # K
     gate_init: float = -2.0  # bridge alpha = softplus(gate): ~0.127 at -2
+    # how the K seed queries read [h_v; proj(dz)]: "single" (one head, no projections) or "multihead" (learned
+    # q/k/v/out projections, bridge_heads heads, as the authors' code)
+    bridge_retrieval: Literal["single", "multihead"] = "single"
+    bridge_heads: int = 4
     correction_step: float = 1.0  # multiplier of the first-order step to the boundary D = 0
     reg_margin: float = 0.2  # tau of the manifold regulariser
     refresh_interval: int = 5  # r: recompute the bridge every r generated tokens
@@ -122,6 +126,10 @@ def _problems(cfg: ValueModuleConfig) -> list[str]:
         problems.append(f"correction_step must be >= 0, got {cfg.correction_step}")
     if cfg.reg_margin < 0:
         problems.append(f"reg_margin must be >= 0, got {cfg.reg_margin}")
+    if cfg.bridge_retrieval not in ("single", "multihead"):
+        problems.append(f"bridge_retrieval must be 'single' or 'multihead', got {cfg.bridge_retrieval!r}")
+    if cfg.bridge_heads < 1 or cfg.hidden_size % cfg.bridge_heads:
+        problems.append(f"bridge_heads={cfg.bridge_heads} must be >= 1 and divide hidden_size={cfg.hidden_size}")
     if cfg.gate not in ("off", "fixed", "calibrated"):
         problems.append(f"gate must be 'off', 'fixed' or 'calibrated', got {cfg.gate!r}")
     if not 0.0 <= cfg.gate_budget <= 1.0:

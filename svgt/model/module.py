@@ -46,7 +46,8 @@ class ValueModule(nn.Module):
         self.config = config
         self.encoder = ValueEncoder(config)
         self.discriminator = Discriminator(config.d_v)
-        self.bridge = LatentValueBridge(config.hidden_size, config.d_v, config.num_bridge_tokens, config.gate_init)
+        self.bridge = LatentValueBridge(config.hidden_size, config.d_v, config.num_bridge_tokens, config.gate_init,
+                                        config.bridge_retrieval, config.bridge_heads)
         self.inject = InjectProjector(config.hidden_size, config.d_v)
 
     def score(
