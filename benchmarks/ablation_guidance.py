@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import tempfile
@@ -54,7 +55,7 @@ from svgt.generation import PromptPassCache
 from svgt.guidance import prompt_states
 from svgt.hidden_states import HiddenStateStore
 from svgt.io import write_json_atomic, write_text_atomic
-from svgt.methods import GuidanceMethod
+from svgt.methods import GuidanceMethod, operating_point
 from svgt.model import ValueModule, load_value_module
 from svgt.training.calibrate import budget_threshold
 from svgt.training.data import load_stage_examples
@@ -97,6 +98,8 @@ def guidance_rows(args: argparse.Namespace, params: Any) -> tuple[list[dict[str,
         variant(module, "gate, response refresh (default)", refresh_context="response"),
         GuidanceMethod("svgt-inject", module=module),
     ]
+    # operating points around the calibrated one (one threshold for prompts and answers): the SVGT frontier
+    methods += [operating_point(module, module.config.gate_threshold + delta) for delta in args.threshold_shifts]
     harm = load_harm_judge(cfg, args.harm_judge)
     refusal = RefusalJudge()
     runner = BlockRunner(model)
@@ -105,10 +108,12 @@ def guidance_rows(args: argparse.Namespace, params: Any) -> tuple[list[dict[str,
     for method in methods:
         t0 = time.perf_counter()
         run = generate_sets(method, model, tokenizer, runner, sets, cfg, False, prompt_cache=cache,
-                            keep_logits=BENIGN_SETS if method.name == "none" else ())
+                            keep_logits=BENIGN_SETS)
         runs[method.name] = run
-        extra = side_effects(method, model, tokenizer, runner, sets, cfg, runs["none"], cache) \
+        extra = side_effects(method, model, tokenizer, runner, sets, cfg, runs["none"], cache, run) \
             if method.name != "none" else {}
+        if method.name != "none":
+            run.logits = None
         scored = score_method(run, sets, refusal, harm, None, runs["none"]) | extra
         rows.append({"variant": method.name, **scored, "wall_seconds": round(time.perf_counter() - t0, 1)})
         print(f"{method.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -192,6 +197,22 @@ def render(guidance: list[dict[str, Any]], info: dict[str, Any], data: list[dict
     return "\n".join(lines) + "\n"
 
 
+def frontier(guidance: list[dict[str, Any]], eval_metrics: Path, out: Path) -> None:
+    """SVGT's variants and operating points beside the baselines of the last `svgt evaluate` (same sets)."""
+    from svgt.eval.plots import plot_frontier
+
+    points = {}
+    if eval_metrics.is_file():
+        for name, e in json.loads(eval_metrics.read_text())["methods"].items():
+            if not name.startswith("svgt") and "harmful_compliance" in e and "over_refusal_sensitive" in e:
+                points[name] = (e["over_refusal_sensitive"]["rate"], e["harmful_compliance"]["rate"])
+    for r in guidance:
+        if r["variant"] != "none" and "harmful_compliance" in r and "over_refusal_sensitive" in r:
+            label = r["variant"] if r["variant"].startswith("svgt") else f"svgt: {r['variant']}"
+            points[label] = (r["over_refusal_sensitive"]["rate"], r["harmful_compliance"]["rate"])
+    plot_frontier(points, out, title="SVGT variants and operating points vs baselines (lower left is better)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -202,13 +223,18 @@ def main() -> None:
     ap.add_argument("--harm-judge", default=Path("models/harm_judge"), type=Path)
     ap.add_argument("--cache", default=Path(".cache/svgt"), type=Path)
     ap.add_argument("--out", default=Path("reports/ablation"), type=Path, help="writes OUT.md and OUT.json")
+    ap.add_argument("--eval-metrics", default=Path("metrics/eval.json"), type=Path,
+                    help="the baselines' points for the frontier plot")
     ap.add_argument("--quick", action="store_true", help="small sets and 8 tokens: checks the script runs")
     ap.add_argument("--skip-data", action="store_true", help="only the guidance rows")
+    ap.add_argument("--threshold-shifts", type=float, nargs="*", default=[-2.0, 2.0, 4.0],
+                    help="extra operating points: the calibrated prompt threshold plus each shift")
     args = ap.parse_args()
     params = load_params(args.params)
     guidance, info = guidance_rows(args, params)
     data = [] if args.skip_data else data_rows(args, params)
     write_json_atomic(args.out.with_suffix(".json"), {"guidance": guidance, "data": data, **info})
+    frontier(guidance, args.eval_metrics, args.out.parent.parent / "plots" / "ablation_frontier.png")
     write_text_atomic(args.out.with_suffix(".md"), render(guidance, info, data))
     print(render(guidance, info, data))
 

@@ -73,6 +73,10 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     assert set(on_disk["methods"]) == {*methods, "svgt@1e+09"} and list(results["methods"])[:5] == methods
     closed = on_disk["methods"]["svgt@1e+09"]
     assert closed["unchanged_benign"]["rate"] == 1.0 and closed["kl_benign"]["value"] < 1e-7
+    # unchanged answers reuse the greedy run's logits; only changed ones are teacher-forced again
+    assert closed["kl_benign"]["teacher_forced_rows"] == 0
+    assert on_disk["methods"]["svgt"]["kl_benign"]["teacher_forced_rows"] == 2 - round(
+        2 * on_disk["methods"]["svgt"]["unchanged_benign"]["rate"])
     assert on_disk["methods"]["none"]["unchanged_benign"]["rate"] == 1.0
     assert closed["guided"]["benign"]["rate"] == 0.0 and closed["guided"]["harmful"]["n"] == 3
     assert 0.0 <= closed["prompt_auroc"]["test_split"]["auroc"] <= 1.0 and "guided" not in on_disk["methods"]["svgt"]

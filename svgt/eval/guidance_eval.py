@@ -270,22 +270,37 @@ def generate_sets(method: GuidanceMethod, model: Any, tokenizer: Any, runner: Bl
 
 
 def side_effects(method: GuidanceMethod, model: Any, tokenizer: Any, runner: BlockRunner, sets: dict[str, list[str]],
-                 cfg: EvaluateConfig, base: MethodRun, prompt_cache: PromptPassCache | None) -> dict[str, Any]:
+                 cfg: EvaluateConfig, base: MethodRun, prompt_cache: PromptPassCache | None,
+                 run: MethodRun | None = None) -> dict[str, Any]:
     """Per benign set: the mean per-token KL(unguided || method) along the unguided answers, teacher-forced
-    through ``method`` (its own answers may differ; this measures how it moves the backbone's)."""
+    through ``method`` (its own answers may differ; this measures how it moves the backbone's).
+
+    ``run``: the method's own greedy run with its logits on the benign sets kept. Where its answer equals the
+    unguided one, teacher forcing would repeat that run exactly, so its logits are used and only the rows that
+    changed are teacher-forced again (for a gated method, the few rows its gate opened on).
+    """
     assert base.logits is not None
     benign = {k: sets[k] for k in BENIGN_SETS if sets.get(k)}
     if not benign:
         return {}
-    forced = {k: base.token_ids[k] for k in benign}
-    run = generate_sets(method, model, tokenizer, runner, benign, cfg, False, prompt_cache=prompt_cache,
-                        keep_logits=tuple(benign), forced=forced)
-    assert run.logits is not None
+    same = {k: [run is not None and run.logits is not None and run.token_ids[k][i] == base.token_ids[k][i]
+                for i in range(len(p))] for k, p in benign.items()}
+    redo = {k: [p for p, keep in zip(prompts, same[k], strict=True) if not keep] for k, prompts in benign.items()}
+    forced_logits: dict[str, list[torch.Tensor]] = {k: [] for k in benign}
+    if any(redo.values()):
+        forced = {k: [a for a, keep in zip(base.token_ids[k], same[k], strict=True) if not keep] for k in benign}
+        again = generate_sets(method, model, tokenizer, runner, redo, cfg, False, prompt_cache=prompt_cache,
+                              keep_logits=tuple(benign), forced=forced)
+        assert again.logits is not None
+        forced_logits = {k: list(again.logits.get(k, [])) for k in benign}
     out = {}
     for kind in benign:
-        rows = [token_kl(ref.float(), mine.float()) for ref, mine in
-                zip(base.logits[kind], run.logits[kind], strict=True)]
-        out[f"kl_{kind}"] = mean_token_kl(rows, cfg.seed)
+        redone = iter(forced_logits[kind])
+        rows = []
+        for i, ref in enumerate(base.logits[kind]):
+            mine = run.logits[kind][i] if same[kind][i] else next(redone)  # type: ignore[union-attr]
+            rows.append(token_kl(ref.float(), mine.float()))
+        out[f"kl_{kind}"] = mean_token_kl(rows, cfg.seed) | {"teacher_forced_rows": sum(not x for x in same[kind])}
     return out
 
 
@@ -444,13 +459,15 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for method in methods:
             is_base = method.name == "none"
+            with_kl = cfg.benign_kl and (cfg.kl_methods is None or method.kind in cfg.kl_methods)
             run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS,
-                                prompt_cache=prompt_cache,
-                                keep_logits=BENIGN_SETS if is_base and cfg.benign_kl else ())
+                                prompt_cache=prompt_cache, keep_logits=BENIGN_SETS if is_base or with_kl else ())
             runs[method.name] = run
-            if cfg.benign_kl and not is_base and "none" in runs:
+            if with_kl and not is_base and "none" in runs:
                 side[method.name] = side_effects(method, model, tokenizer, runner, sets, cfg, runs["none"],
-                                                 prompt_cache)
+                                                 prompt_cache, run)
+            if not is_base:
+                run.logits = None
             if run.scores:
                 trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
             for kind, prompts in sets.items():

@@ -143,8 +143,8 @@ def plot_frontier(
     title: str = "Safety / over-refusal frontier (lower left is better)",
 ) -> Path:
     """One point per method: ``points[method] = (x, y)`` as rates in [0, 1] (both lower is better), optional
-    95% intervals ``errors[method] = ((x_lo, x_hi), (y_lo, y_hi))``. SVGT variants (names starting with
-    "svgt") are joined by a line in order of x, as a guardrail's sensitivity settings are."""
+    95% intervals ``errors[method] = ((x_lo, x_hi), (y_lo, y_hi))``. SVGT's operating points ("svgt" and
+    "svgt@<threshold>") are joined by a line in order of x, as a guardrail's sensitivity settings are."""
     if not points:
         raise ValueError("plot_frontier: no points to plot")
     plt = _pyplot()
@@ -159,7 +159,7 @@ def plot_frontier(
             marker = "o" if name.startswith("svgt") and "inject" not in name else "s"
             ax.errorbar(100 * x, 100 * y, xerr=xerr, yerr=yerr, fmt=marker, capsize=2, alpha=0.85)
             ax.annotate(name, (100 * x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize="small")
-        svgt = sorted((p for n, p in points.items() if n.startswith("svgt") and "inject" not in n))
+        svgt = sorted(p for n, p in points.items() if n == "svgt" or (n.startswith("svgt@") and n != "svgt@off"))
         if len(svgt) > 1:
             ax.plot([100 * x for x, _ in svgt], [100 * y for _, y in svgt], "-", color="tab:blue", alpha=0.4)
         ax.set_xlabel(xlabel)
