@@ -204,7 +204,7 @@ class EvaluateConfig:
     # per-token KL of each method's next-token distributions vs unguided along the unguided answers to the benign
     # and sensitive prompts (one teacher-forced pass per method)
     benign_kl: bool = True
-    kl_methods: list[str] | None = None  # methods whose KL is measured (None: all; "svgt" covers svgt@<t> too)
+    kl_methods: list[str] | None = None  # methods (by name, e.g. "svgt@off") whose KL is measured; None: all
     # extra SVGT operating points, evaluated as methods "svgt@<threshold>" (null: "svgt@off", the gate off)
     svgt_thresholds: list[float | None] = field(default_factory=list)
     seed: int = 1234

@@ -84,3 +84,30 @@ def test_calibrate_gate_meets_its_budget_on_validation_prompts_and_answers(tiny_
     assert out["val_benign_gate_open_rate"] <= 0.25 and 0 <= out["test_benign_gate_open_rate"] <= 1
     off = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2))
     assert calibrate_gate(off, store, frame, max_tokens=64, horizon=6) == {"gate": "off"}
+
+
+def test_gate_calibrated_on_the_backbones_own_answers_opens_within_budget_when_decoding(tiny_pipeline):
+    """Calibrate on the backbone's own answers, then decode the same validation prompts with that gate: the
+    share of benign prompts the gate opens on (at the prompt or at any refresh) stays within the budget."""
+    import torch
+
+    from svgt.backbone import load_snapshot
+    from svgt.guidance import generate_with_module
+    from svgt.hidden_states import HiddenStateStore
+    from svgt.model import ValueModule, ValueModuleConfig
+    from svgt.training.calibrate import calibrate_gate
+
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    torch.manual_seed(3)
+    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
+                                           refresh_interval=2, gate="calibrated", gate_budget=0.2,
+                                           refresh_context="response")).eval()
+    out = calibrate_gate(module, store, frame, max_tokens=64, horizon=8, backbone=(model, tok))
+    assert out["gate_answers"] == "backbone" and out["val_benign_answers_gate_open_rate"] <= 0.2
+    prompts = frame.loc[(frame["split"] == "val") & (frame["prompt_harmful"] == 0), "prompt"].drop_duplicates()
+    decoded = generate_with_module(model, tok, prompts.tolist(), module=module, method="svgt", max_new_tokens=8)
+    opened_at_prompt = sum(g == 0 for g in decoded.guided_from)
+    opened_later = sum(g is not None and g > 0 for g in decoded.guided_from)
+    assert opened_at_prompt <= int(0.2 * len(prompts)) and opened_later <= int(0.2 * len(prompts))

@@ -459,7 +459,7 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     with atomic_path(generations_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for method in methods:
             is_base = method.name == "none"
-            with_kl = cfg.benign_kl and (cfg.kl_methods is None or method.kind in cfg.kl_methods)
+            with_kl = cfg.benign_kl and (cfg.kl_methods is None or method.name in cfg.kl_methods)
             run = generate_sets(method, model, tokenizer, runner, sets, cfg, method.name in TRAJECTORY_METHODS,
                                 prompt_cache=prompt_cache, keep_logits=BENIGN_SETS if is_base or with_kl else ())
             runs[method.name] = run

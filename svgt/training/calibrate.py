@@ -5,9 +5,12 @@ progress, is guided.
 
 * ``gate_threshold``: the lowest threshold at which at most ``gate_budget`` of the validation split's
   benign prompts would open the gate (their stage-1 score exceeds it);
-* ``gate_response_threshold``: the same for the answers to those benign prompts, judged as the decode loop
-  judges them, on the answer so far at every refresh (prefixes of r, 2r, ... tokens up to the horizon),
-  a row counting as opened if any prefix scores above the threshold.
+* ``gate_response_threshold``: the same for the backbone's own (unguided, greedy) answers to those benign
+  prompts, judged exactly as the decode loop's refreshes judge them (the answer so far every r tokens up to
+  the horizon, in its prompt's context), a row counting as opened if any refresh scores above the threshold.
+  The backbone's own answers, not the dataset's: the gate judges what the backbone writes, and written
+  reference answers are both fewer and in another style (on the embedded default a threshold calibrated on
+  the 37 dataset answers opened the gate on 21% of held-out everyday prompts).
 
 Refusals can only come from guided prompts, so this bounds the gate's share of over-refusal on data like
 the validation set; the test split and the held-out sources show how it transfers. Never calibrated on an
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from svgt.hidden_states import HiddenStateStore
 from svgt.model import ValueModule
@@ -67,27 +71,69 @@ def answer_scores(module: ValueModule, store: HiddenStateStore, frame: pd.DataFr
     return best
 
 
-def calibrate_gate(module: ValueModule, store: HiddenStateStore, frame: pd.DataFrame, max_tokens: int,
-                   horizon: int) -> dict[str, Any]:
-    """Set the gate's thresholds from the validation split (``gate: calibrated``; other gates are left as
-    configured) and return them with the gate's open rates on validation and test prompts and answers."""
+def decoded_answer_scores(module: ValueModule, model: Any, tokenizer: Any, prompts: list[str], horizon: int,
+                          batch_size: int = 32) -> np.ndarray:
+    """Per prompt: the highest score the gate's refreshes give the backbone's own greedy answer (prefixes of
+    r, 2r, ... tokens while the answer lasts), from the decode loop itself with a gate that never opens."""
+    from svgt.generation import guided_generate
+    from svgt.guidance import ValueGuidance
+
     cfg = module.config
+    best = []
+    for start in range(0, len(prompts), batch_size):
+        guidance = ValueGuidance(module, threshold=None)
+
+        def closed(response: torch.Tensor, guidance: ValueGuidance = guidance) -> torch.Tensor:
+            guidance.gate_fn(response)  # records the score the real gate would compare
+            return torch.zeros(response.shape[0], dtype=torch.bool, device=response.device)
+
+        out = guided_generate(model, tokenizer, prompts[start:start + batch_size], guidance.bridge_fn,
+                              prompt_fn=guidance.observe_prompt, gate_fn=closed, layer=cfg.layer,
+                              num_bridge_tokens=cfg.num_bridge_tokens, refresh_interval=cfg.refresh_interval,
+                              momentum=cfg.momentum, max_new_tokens=horizon)
+        refreshes = guidance.gate_scores[1:]  # the first call judged the prompt
+        for i, tokens in enumerate(out.token_ids):
+            seen = [float(s[i]) for k, s in enumerate(refreshes) if (k + 1) * cfg.refresh_interval <= len(tokens)]
+            best.append(max(seen) if seen else -math.inf)
+    return np.array(best)
+
+
+def calibrate_gate(module: ValueModule, store: HiddenStateStore, frame: pd.DataFrame, max_tokens: int,
+                   horizon: int, backbone: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Set the gate's thresholds from the validation split (``gate: calibrated``; other gates are left as
+    configured) and return them with the gate's open rates on validation and test prompts and answers.
+
+    ``backbone`` (model, tokenizer): judge the backbone's own answers (the default in stage 3); without it
+    the dataset's answers to benign prompts stand in (unit tests, no backbone at hand)."""
+    cfg = module.config
+    module.eval()
+    answer_source = "backbone" if backbone is not None else "dataset"
+
+    def answers_of(split: str) -> np.ndarray:
+        if backbone is None:
+            return answer_scores(module, store, frame, split, max_tokens, horizon)
+        rows = frame[(frame["split"] == split) & (frame["prompt_harmful"] == 0)]
+        prompts = rows["prompt"].drop_duplicates().tolist()
+        return decoded_answer_scores(module, backbone[0], backbone[1], prompts, horizon)
+
+    val_answers = answers_of("val")
     if cfg.gate == "calibrated":
         examples = load_stage_examples(store, frame, "stage1", "val", max_tokens)
         benign = score_examples(module, [e for e in examples if e.label == 0])
-        answers = answer_scores(module, store, frame, "val", max_tokens, horizon)
+        finite = val_answers[np.isfinite(val_answers)]
         module.config = dataclasses.replace(
             cfg, gate_threshold=budget_threshold(benign, cfg.gate_budget),
-            gate_response_threshold=budget_threshold(answers, cfg.gate_budget) if answers.size else None)
+            gate_response_threshold=budget_threshold(finite, cfg.gate_budget) if finite.size else None)
     threshold = module.config.threshold
     if threshold is None:
         return {"gate": "off"}
     response_threshold = module.config.response_threshold
     out: dict[str, Any] = {"gate": module.config.gate, "gate_threshold": threshold,
-                           "gate_response_threshold": response_threshold, "gate_budget": cfg.gate_budget}
+                           "gate_response_threshold": response_threshold, "gate_budget": cfg.gate_budget,
+                           "gate_answers": answer_source}
     for split in ("val", "test"):
         out |= open_rates(module, store, frame, split, max_tokens, threshold)
-        answers = answer_scores(module, store, frame, split, max_tokens, horizon)
+        answers = val_answers if split == "val" else answers_of(split)
         out[f"{split}_benign_answers_n"] = int(answers.size)
         out[f"{split}_benign_answers_gate_open_rate"] = (float((answers > response_threshold).mean())
                                                          if answers.size else math.nan)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from svgt.backbone.snapshot import load_snapshot
 from svgt.config import Params
 from svgt.hidden_states import HiddenStateStore
 from svgt.io import sha256_file, without_timings, write_json_atomic, write_text_atomic
@@ -98,8 +99,9 @@ def train_stage(
     store = HiddenStateStore(hidden_dir)
     test = _test_metrics(params, stage, outcome.module, store, data_path, init_module)
     if stage == 3:  # the finished module's operating point (svgt/training/calibrate.py)
+        model, tokenizer, _ = load_snapshot(backbone_dir, dtype="float32")
         gate = calibrate_gate(outcome.module, store, pd.read_parquet(data_path), params.train.stage1.max_tokens,
-                              params.train.stage3.max_response_tokens)
+                              params.train.stage3.max_response_tokens, backbone=(model, tokenizer))
         test |= {f"gate_{k}" if not k.startswith("gate") else k: v for k, v in gate.items()}
         log.info("stage 3 gate: %s", gate)
     metrics = {
