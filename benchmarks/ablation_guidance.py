@@ -90,12 +90,13 @@ def guidance_rows(args: argparse.Namespace, params: Any) -> tuple[list[dict[str,
     never = math.inf
     methods = [
         GuidanceMethod("none", module=module),
-        variant(module, "gate off, token refresh (main before)", gate="off", refresh_context="token"),
-        variant(module, "gate off, response refresh", gate="off", refresh_context="response"),
-        variant(module, "prompt gate only", refresh_context="response", gate="fixed",
+        # names "svgt@<variant>": each runs as SVGT with the variant's config
+        variant(module, "svgt@gate-off,token-refresh (main before)", gate="off", refresh_context="token"),
+        variant(module, "svgt@gate-off,response-refresh", gate="off", refresh_context="response"),
+        variant(module, "svgt@prompt-gate-only", refresh_context="response", gate="fixed",
                 gate_threshold=module.config.gate_threshold, gate_response_threshold=never),
-        variant(module, "gate, token refresh", refresh_context="token"),
-        variant(module, "gate, response refresh (default)", refresh_context="response"),
+        variant(module, "svgt@gate,token-refresh", refresh_context="token"),
+        variant(module, "svgt (gate, response refresh: the default)", refresh_context="response"),
         GuidanceMethod("svgt-inject", module=module),
     ]
     # operating points around the calibrated one (one threshold for prompts and answers): the SVGT frontier

@@ -344,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
     p.add_argument("--refresh-interval", default=None, type=int, help="default: the module's r")
     p.add_argument("--threshold", default="module", type=_threshold,
-                   help="score above which SVGT guides a prompt: a number, 'off' (guide every prompt) or 'module' "
-                        "(the module's own, calibrated in stage 3; default)")
+                   help="score above which SVGT guides a prompt: a number (answers keep the module's calibrated "
+                        "threshold), 'off' (guide every prompt) or 'module' (the module's own, calibrated in stage 3; "
+                        "default)")
     p.add_argument("--max-new-tokens", default=128, type=int)
     p.add_argument("--batch-size", default=8, type=int)
     p.add_argument("--temperature", default=0.0, type=float, help="0 = greedy")

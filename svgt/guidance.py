@@ -38,8 +38,8 @@ class ValueGuidance:
     The prompt context (layer-l* states of the left-padded prompts, last ``window`` tokens as stage 1
     trained on) is given at construction or, in generation, handed over by the decode loop's prefill
     through ``observe_prompt`` so no second forward pass over the prompts is needed. ``threshold``
-    overrides the module's gate (``"module"``: its own; None: every row guided; a float: guided where
-    s > threshold).
+    overrides the module's gate (``"module"``: its own; None: every row guided; a float: the prompt threshold,
+    a prompt being guided where s > threshold, while answers keep the module's calibrated answer threshold).
     """
 
     module: ValueModule
@@ -57,8 +57,11 @@ class ValueGuidance:
 
     @property
     def response_threshold(self) -> float | None:
-        """The threshold for an answer in progress: the module's own, or the override for both."""
-        return self.module.config.response_threshold if self.threshold == "module" else self.threshold  # type: ignore[return-value]
+        """The threshold for an answer in progress: the module's own (its gate off: the prompt threshold)."""
+        if self.threshold is None:
+            return None
+        own = self.module.config.response_threshold
+        return own if own is not None else self.gate_threshold
 
     def observe_prompt(self, states: torch.Tensor, mask: torch.Tensor) -> None:
         """``prompt_fn`` for ``guided_generate``: keep the prefill's layer-l* prompt states."""

@@ -52,8 +52,9 @@ class GuidanceMethod:
 
     @property
     def kind(self) -> str:
-        """The method proper: "svgt" for the operating points "svgt@<threshold>"."""
-        return self.name.split("@", 1)[0]
+        """The method proper: "svgt" for the operating points "svgt@<threshold>" (and labelled variants such as
+        "svgt (…)")."""
+        return self.name.split("@", 1)[0].split(" ", 1)[0]
 
     @property
     def plain_prompt_pass(self) -> bool:
