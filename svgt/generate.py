@@ -1,7 +1,8 @@
 """`svgt generate`: stream JSONL prompts through the backbone with or without a value module.
 
 Input: one JSON object per line with a ``prompt`` field (and optional ``id``). Output: one JSON object
-per prompt, ``{id, prompt, response, method, finish_reason, new_tokens, seconds}``, flushed batch by
+per prompt, ``{id, prompt, response, method, finish_reason, new_tokens, seconds}`` (with a gated value
+module also ``guided_from``: the token from which the guidance acted, null if it never did), flushed batch by
 batch so memory stays flat however long the file is. A bad input line is reported (file and line) and
 skipped; the rest still runs.
 """
@@ -102,9 +103,12 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
                                    max_new_tokens=max_new_tokens, chat_template=chat_template, do_sample=do_sample,
                                    temperature=temperature, top_p=top_p, seed=seed, **extra)
         seconds = (time.perf_counter() - start) / len(batch)
-        for r, text, reason, ids in zip(batch, result.texts, result.finish_reasons, result.token_ids, strict=True):
+        guided = result.guided_from or [None] * len(batch)
+        for r, text, reason, ids, since in zip(batch, result.texts, result.finish_reasons, result.token_ids, guided,
+                                               strict=True):
+            gate = {"guided_from": since} if result.guided_from is not None else {}
             out.write(json.dumps({**r, "response": text, "method": method, "finish_reason": reason,
-                                  "new_tokens": len(ids), "seconds": round(seconds, 3)}) + "\n")
+                                  "new_tokens": len(ids), "seconds": round(seconds, 3), **gate}) + "\n")
             summary.new_tokens += len(ids)
         out.flush()
         summary.prompts += len(batch)

@@ -142,3 +142,19 @@ def test_generate_serves_a_module_from_another_registry(tiny_pipeline, module_di
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["method"] == "svgt"
     assert main(argv + ["--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"]) == 1
     assert "no registered model named 'm'" in capsys.readouterr().err
+
+
+def test_generate_threshold_option_and_guided_from_in_the_output(tiny_pipeline, module_dir, tmp_path, capsys):
+    """--threshold: a threshold no prompt reaches leaves every answer unguided (guided_from null, the answer
+    the backbone writes); 'off' guides every prompt from its first token; a bad value is named."""
+    common = ["generate", "--backbone", str(tiny_pipeline / "backbone"), "--module", str(module_dir),
+              "--max-new-tokens", "4", "--prompt", PROMPTS[1]]
+    assert main(common + ["--method", "none", "--out", str(tmp_path / "none.jsonl")]) == 0
+    assert main(common + ["--threshold", "1e9", "--out", str(tmp_path / "closed.jsonl")]) == 0
+    assert main(common + ["--threshold", "off", "--out", str(tmp_path / "open.jsonl")]) == 0
+    none, closed, open_ = (json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in ("none", "closed", "open"))
+    assert closed["guided_from"] is None and closed["response"] == none["response"] and "guided_from" not in none
+    assert "guided_from" not in open_  # a module whose gate is off, overridden to off: no gate at all
+    with pytest.raises(SystemExit):
+        main(common + ["--threshold", "high"])
+    assert "--threshold must be a number, 'off' or 'module', got 'high'" in capsys.readouterr().err
