@@ -177,6 +177,7 @@ class Pipeline:
         def entry(harmful):
             k = round(harmful * 10)
             return {"refusal_harmful": rate([True] * k + [False] * (10 - k)), "over_refusal_benign": rate([False] * 10),
+                    "over_refusal_sensitive": rate([False] * 10),
                     "perplexity": {"value": 5.0, "n": 20, "ci95": [4.5, 5.5]}, "tokens_per_s": 12.0}
 
         results = {"harm_judge": "fake@0", "refusal_judge": "fake", "module": str(module_dir), "backbone": "fake",
