@@ -61,8 +61,13 @@ def test_seed_set_serves_all_three_stages(seed_build):
     assert len(refusals) >= 200
     assert (refusals["response_refusal"] == 1).all() and (refusals["prompt_harmful"] == 1).all()
     assert (refusals["response_harmful"] == 0).all()
-    answers = frame[frame["source"].str.startswith("svgt_benign")]
+    answers = frame[frame["source"].isin(["svgt_benign_authored", "svgt_benign_generated"])]
     assert len(answers) >= 250 and (answers["response_harmful"] == 0).all()
+    # the authored sensitive-topic prompts (benign) and their harmful contrasts are prompt-level rows
+    sensitive = frame[frame["source"] == "svgt_benign_sensitive"]
+    assert len(sensitive) == 320 and (sensitive["prompt_harmful"] == 0).all() and sensitive["response"].isna().all()
+    contrast = frame[frame["source"].str.startswith("svgt_harmful_contrast")]
+    assert len(contrast) == 160 and (contrast["prompt_harmful"] == 1).all()
     # real harmful compliant responses come from the PyRIT data only
     harmful_pairs = frame[frame["response_harmful"] == 1]
     assert len(harmful_pairs) >= 400 and harmful_pairs["source"].str.startswith("pyrit_").all()
