@@ -191,9 +191,9 @@ def test_render_main_table_cells_relative_change_and_header():
     assert "Harm judge: `svgt-tfidf-harm@abc`; refusal judge: `refusal-phrases-v2`" in md
     assert "harmful response rate n=4" in md
     assert "| PPL benign (lower better) | PPL harmful (not gated) | decode tokens/s |" in md
-    assert "| none | 50.0 (15.0-85.0) | - | - | - | - | 6.0 (5.0-7.0) | - | 10.0 |" in md
+    assert "| none | 50.0 (15.0-85.0) | - | - | - | - | - | 6.0 (5.0-7.0) | - | 10.0 |" in md
     # no harmful-set perplexity for none: no relative change for svgt's
-    svgt_row = ("| svgt | 25.0 (4.6-69.9) [1 unparseable] -50% | - | - | - | - | 7.5 (6.0-8.0) +25% "
+    svgt_row = ("| svgt | 25.0 (4.6-69.9) [1 unparseable] -50% | - | - | - | - | - | 7.5 (6.0-8.0) +25% "
                 "| 9.0 (8.0-10.0) | - |")
     assert svgt_row in md
     with pytest.raises(ValueError, match="must name the harm judge"):
