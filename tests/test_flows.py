@@ -349,7 +349,7 @@ def test_artifacts_are_published(passed_run):
                     {"epoch": 2, "train_loss": 0.5, "val_auroc": 0.8}]
     assert "test_pair_auroc=0.9" in curve.description
     assert arts["svgt-eval"].data == (passed_run.root / "reports/eval.md").read_text()
-    assert "| svgt | - | - | 60.0 (31.3-83.2) |" in arts["svgt-eval"].data
+    assert "| svgt | - | - | - | - | 60.0 (31.3-83.2) | - |" in arts["svgt-eval"].data  # refusal on harmful, test split
     assert "gates PASSED" in arts["svgt-gates"].data and "passed min_stage2_auroc" in arts["svgt-gates"].data
     assert "version 1" in arts["svgt-registry"].data and "`challenger`" in arts["svgt-registry"].data
 
