@@ -56,7 +56,8 @@ def test_stage1_learns_and_reports_each_epoch(tiny_pipeline, tmp_path):
 def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
     straight = discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "a"), progress_bar=False)
 
-    # interrupt a second run at its 8th optimizer step (checkpoints every 3 steps and at each epoch end)
+    # interrupt a second run at its 11th optimizer step (checkpoints every 3 steps and at each epoch end, 6
+    # steps an epoch): it resumes from step 9, in the middle of epoch 2
     import svgt.training.stages as stages
 
     calls = {"n": 0}
@@ -64,7 +65,7 @@ def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
 
     def failing_loss(s, y):
         calls["n"] += 1
-        if calls["n"] == 8:
+        if calls["n"] == 11:
             raise RuntimeError("worker killed")
         return original(s, y)
 
@@ -79,8 +80,24 @@ def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
     import json
 
     resumed_from = json.loads((session.latest_checkpoint() / "state.json").read_text())["progress"]["step"]
-    assert resumed_from in (6, 7)  # the step-6 checkpoint, or the end of epoch 1 if that came later
-    resumed = discrimination_stage(job(tiny_pipeline), session, progress_bar=False)
+    assert resumed_from == 9
+    # the resumed run takes only the steps that remain: a restart from scratch would redo all of them and
+    # (being deterministic) still end with the same weights, so equal weights alone prove nothing
+    steps = {"n": 0}
+
+    def counting_loss(s, y):
+        steps["n"] += 1
+        return original(s, y)
+
+    stages.discrimination_loss = counting_loss
+    try:
+        resumed = discrimination_stage(job(tiny_pipeline), session, progress_bar=False)
+    finally:
+        stages.discrimination_loss = original
+    history = [r for r in session.reports if "val_auroc" in r]  # the epochs this attempt finished
+    assert steps["n"] == history[-1]["step"] - resumed_from > 0
+    assert history[0]["resumed_from_step"] == resumed_from  # and the curve says where it picked up
+    assert all("resumed_from_step" not in r for r in history[1:])
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
 

@@ -8,6 +8,7 @@ resumed from a checkpoint takes exactly the steps an uninterrupted run would hav
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -22,6 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from svgt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class Session(Protocol):
@@ -106,8 +109,12 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
     """Train ``spec.epochs`` epochs, resuming from the session's latest checkpoint if there is one."""
     progress = Progress()
     latest = session.latest_checkpoint()
+    resumed_from_step = None
     if latest is not None:
         progress = load_checkpoint(latest, module, optimizer)
+        resumed_from_step = progress.step
+        log.info("%s: resumed from the step-%d checkpoint (epoch %d, batch %d)", spec.desc, progress.step,
+                 progress.epoch + 1, progress.batch_in_epoch)
     for epoch in range(progress.epoch, spec.epochs):
         batches = make_batches(epoch)
         module.train()
@@ -131,6 +138,8 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
         module.eval()
         record = {"epoch": epoch + 1, "step": progress.step,
                   **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()}, **evaluate()}
+        if resumed_from_step is not None:  # the epoch this attempt started in says where it picked up
+            record["resumed_from_step"], resumed_from_step = resumed_from_step, None
         progress.history.append(record)
         _report(session, module, optimizer, progress, record)
     return progress
