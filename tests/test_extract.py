@@ -10,6 +10,7 @@ from svgt.config import BackboneConfig, ExtractConfig
 from svgt.extract import (
     ExtractionError,
     batch_hidden_states,
+    encode_example,
     extract_hidden_states,
     shared_prefix_length,
 )
@@ -149,13 +150,25 @@ def test_store_refuses_modified_shards(tmp_path, tiny_snapshot, canonical_parque
 
 @pytest.mark.faults
 def test_truncation_rule_is_counted(tmp_path, tiny_snapshot, canonical_parquet):
-    cfg = ExtractConfig(layer=2, max_prompt_tokens=12, max_response_tokens=3)
+    cfg = ExtractConfig(layer=2, max_prompt_tokens=12, max_response_tokens=3, dtype="float32")
     summary = extract_hidden_states(tiny_snapshot, canonical_parquet, cfg, tmp_path / "h", progress=False)
     assert summary.prompt_truncated == 24  # every templated prompt is longer than 12 tokens
     assert summary.response_truncated > 0
     store = HiddenStateStore(tmp_path / "h")
+    # the kept tokens, not only their number: a prompt keeps its last 12 (the generation prompt, where the
+    # bridge binds), a response its first 3; the stored states are those of exactly that sequence
+    model, tok, _ = load_snapshot(tiny_snapshot)
+    frame = canonical_frame(24).set_index("id")
     for ex in store.iter_split("train"):
-        assert ex.prompt_states.shape[0] == 12 and ex.response_states.shape[0] <= 3
+        row = frame.loc[ex.id]
+        p = encode_prompt(tok, row.prompt)
+        r = encode_response(tok, row.response) if isinstance(row.response, str) else []
+        kept = encode_example(tok, row.prompt, row.response if isinstance(row.response, str) else None, cfg)
+        assert kept.prompt_ids == p[-12:] and kept.response_ids == r[:3]
+        ref = reference_states(model, p[-12:] + r[:3], 2)
+        assert ex.prompt_states.shape[0] == 12 and ex.response_states.shape[0] == len(r[:3])
+        torch.testing.assert_close(ex.prompt_states, ref[:12], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ex.response_states, ref[12:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.integration
@@ -191,3 +204,33 @@ def test_store_refuses_non_finite_states(tmp_path, tiny_snapshot, canonical_parq
     (out / "index.json").write_text(json.dumps(index))
     with pytest.raises(ExtractionError, match="train-00000.safetensors: tensor 'prompt_states' contains NaN or inf"):
         list(HiddenStateStore(out).iter_split("train"))
+
+
+@pytest.mark.faults
+def test_extract_cli_refuses_data_that_did_not_pass_validation(tmp_path, tiny_snapshot, canonical_parquet, capsys):
+    """`svgt extract` reads states only from data whose validation passed on exactly these bytes."""
+    from svgt.cli import main
+    from svgt.io import sha256_file
+
+    report = tmp_path / "validation"
+    report.mkdir()
+    out, metrics = tmp_path / "hidden", tmp_path / "metrics"
+    argv = ["extract", "--backbone", str(tiny_snapshot), "--data", str(canonical_parquet),
+            "--validation", str(report), "--out", str(out), "--metrics", str(metrics)]
+    summary = report / "validation_summary.json"
+    cases = [
+        (None, "validation_summary.json not found: run `svgt validate` first"),
+        ({"success": False, "dataset_sha256": sha256_file(canonical_parquet)}, "says validation failed"),
+        ({"success": True, "dataset_sha256": "0" * 64}, f"validated a different version of {canonical_parquet}"),
+    ]
+    for content, message in cases:
+        if content is not None:
+            summary.write_text(json.dumps(content))
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not metrics.exists()  # refused before anything was written
+    summary.write_text(json.dumps({"success": True, "dataset_sha256": sha256_file(canonical_parquet)}))
+    assert main(argv) == 0
+    written = json.loads((metrics / "extract.json").read_text())
+    assert written["examples"] == {"train": 8, "val": 8, "test": 8}
+    assert json.loads((out / "index.json").read_text())["layer"] == written["layer"]

@@ -1,11 +1,11 @@
 """Faults: the disk fills up while extraction writes a shard, or while a value module is saved.
 
-Where the test process may mount (root with CAP_SYS_ADMIN, as in our containers), the output goes to a real,
-small tmpfs, so the write fails with the kernel's own ENOSPC. That matters: safetensors (Rust) does not raise
-OSError then but ``SafetensorError('... No space left on device (os error 28)')``, which a monkeypatched
-OSError would never have shown. Where mounting is not allowed the fixture falls back to a simulation: the
-safetensors writers used by svgt are wrapped to write part of the file and raise OSError(ENOSPC) once the
-directory would exceed the same size limit (mocked, because a full disk cannot be made there).
+Each test runs twice. ``tmpfs``: the output goes to a real, small tmpfs (where the test process may mount:
+root with CAP_SYS_ADMIN, as in our containers and CI), so the write fails with the kernel's own ENOSPC
+from ``svgt.io.save_safetensors``'s file writes; skipped, and reported, where mounting is not allowed.
+``simulated``: ``save_safetensors`` is wrapped where extraction and module saving call it, to write part of
+the file and raise OSError(ENOSPC) once the directory would exceed the same size limit (a mock, for machines
+that cannot mount; run here too so that it cannot rot unnoticed).
 """
 
 from __future__ import annotations
@@ -40,40 +40,42 @@ def used_bytes(root: Path) -> int:
 
 
 class SmallDisk:
-    """A directory with a byte limit: a real tmpfs when mounting works, else a simulated one."""
+    """A directory with a byte limit: a real tmpfs, or a simulated one."""
 
-    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.path = path
+    # where the writers look ``save_safetensors`` up (they import the name): the simulation wraps it there
+    WRITERS = (svgt.extract, svgt.model.module)
+
+    def __init__(self, path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path, self.real = path, kind == "tmpfs"
         path.mkdir()
-        try:
-            self.real = (
-                subprocess.run(
-                    ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], capture_output=True
-                ).returncode
-                == 0
-            )
-        except OSError:  # no mount binary
-            self.real = False
         self.limit = 64 << 20
-        if not self.real:
-            for module in (svgt.extract, svgt.model.module):
-                monkeypatch.setattr(module, "save_file", self._limited(module.save_file))
+        if self.real:
+            try:
+                mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)],
+                                         capture_output=True).returncode == 0
+            except OSError:  # no mount binary
+                mounted = False
+            if not mounted:
+                pytest.skip("mounting a tmpfs is not allowed here; the simulated variant covers this machine")
+        else:
+            for module in self.WRITERS:
+                monkeypatch.setattr(module, "save_safetensors", self._limited(module.save_safetensors))
 
     def resize(self, nbytes: int) -> None:
         self.limit = -(-nbytes // PAGE) * PAGE
         if self.real:
             subprocess.run(["mount", "-o", f"remount,size={self.limit}", str(self.path)], check=True)
 
-    def _limited(self, save_file):
+    def _limited(self, save_safetensors):
         from safetensors.torch import save
 
-        def wrapper(tensors, filename, metadata=None):
+        def wrapper(tensors, path, metadata=None):
             data = save(tensors, metadata=metadata)
             room = self.limit - used_bytes(self.path)
             if len(data) > room:
-                Path(filename).write_bytes(data[: max(room, 0)])  # what a full disk leaves: a truncated file
+                Path(path).write_bytes(data[: max(room, 0)])  # what a full disk leaves: a truncated file
                 raise OSError(errno.ENOSPC, "No space left on device (simulated)")
-            return save_file(tensors, filename, metadata=metadata)
+            return save_safetensors(tensors, path, metadata=metadata)
 
         return wrapper
 
@@ -82,9 +84,9 @@ class SmallDisk:
             subprocess.run(["umount", "-l", str(self.path)], check=False)
 
 
-@pytest.fixture
-def small_disk(tmp_path, monkeypatch):
-    disk = SmallDisk(tmp_path / "disk", monkeypatch)
+@pytest.fixture(params=["tmpfs", "simulated"])
+def small_disk(request, tmp_path, monkeypatch):
+    disk = SmallDisk(tmp_path / "disk", request.param, monkeypatch)
     yield disk
     disk.close()
 

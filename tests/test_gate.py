@@ -123,3 +123,33 @@ def test_forced_tokens_give_the_methods_logits_along_a_given_answer(family):
         assert (forced.logits[i] - ref.logits).abs().max().item() < ATOL
     with pytest.raises(GenerationError, match="one non-empty token list per prompt"):
         generate(family, None, forced_tokens=answers[:2])
+
+
+def test_value_guidance_gate_guides_exactly_the_rows_scoring_above_their_threshold():
+    """ValueGuidance.gate_fn: a prompt is guided where its score s > the prompt threshold; an answer in
+    progress is judged (in its prompt's context) against the answer threshold; no threshold guides all."""
+    import dataclasses
+
+    from svgt.guidance import ValueGuidance
+    from svgt.model import ValueModule, ValueModuleConfig
+
+    torch.manual_seed(0)
+    config = ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2)
+    module = ValueModule(config).eval()
+    states, mask = torch.randn(6, 5, 32) * 3, torch.ones(6, 5, dtype=torch.bool)
+    answer = torch.randn(6, 4, 32) * 3
+    with torch.no_grad():
+        _, prompt_s = module.score(states, mask)
+        _, answer_s = module.score(answer, torch.ones(6, 4, dtype=torch.bool), states, mask)
+    prompt_cut, answer_cut = prompt_s.median().item(), answer_s.median().item()
+    module.config = dataclasses.replace(config, gate="fixed", gate_threshold=prompt_cut,
+                                        gate_response_threshold=answer_cut)
+    empty = states[:, :0]
+    with torch.no_grad():
+        guidance = ValueGuidance(module, states, mask)
+        opened = guidance.gate_fn(empty)
+        assert opened.tolist() == (prompt_s > prompt_cut).tolist() and 0 < int(opened.sum()) < 6
+        assert guidance.gate_fn(answer).tolist() == (answer_s > answer_cut).tolist()
+        assert ValueGuidance(module, states, mask, threshold=None).gate_fn(empty).all()
+        lowered = ValueGuidance(module, states, mask, threshold=prompt_s.min().item() - 1)
+        assert lowered.gate_fn(empty).all()  # a float overrides the prompt threshold

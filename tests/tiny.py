@@ -102,3 +102,32 @@ def canonical_frame(n: int = 24, seed: int = 0):
     for col in ("prompt_harmful", "response_harmful", "response_refusal"):
         frame[col] = frame[col].astype("Int8")
     return frame
+
+
+@torch.no_grad()
+def sharpen_attention(model, factor: float = 12.0, first_block: int = 0):
+    """Scale the attention query and key projections of blocks ``first_block``.. so attention is peaked rather
+    than near-uniform.
+
+    A freshly initialised tiny model (std 0.02) attends almost uniformly, so a position off by one, or rows
+    in the wrong order, moves its loss by ~1e-6: below any sensible tolerance. Equality tests of position
+    bookkeeping run on a sharpened model, where such a bug moves the loss by orders of magnitude more.
+    ``first_block`` = l* leaves the blocks below the value layer (and so stored hidden states) as they were.
+    """
+    import re
+
+    scaled = 0
+    for name, module in model.named_modules():
+        block = re.search(r"\.(?:layers|h)\.(\d+)\.", name)
+        if block is None or int(block.group(1)) < first_block:
+            continue
+        if name.endswith(("q_proj", "k_proj")):
+            module.weight.mul_(factor)
+            scaled += 1
+        elif name.endswith("c_attn"):  # GPT-2: q, k and v in one Conv1D [d, 3d]; scale the q and k thirds
+            d = module.weight.shape[0]
+            module.weight[:, : 2 * d].mul_(factor)
+            scaled += 1
+    if not scaled:
+        raise ValueError(f"no attention projections from block {first_block} in {type(model).__name__}")
+    return model
