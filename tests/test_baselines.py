@@ -195,7 +195,14 @@ def test_hooks_fire_under_the_block_runner_as_under_model_forward(model, tok):
             return_scores=True,
             chat_template=False,
         )
-        assert plain.logits is not None
+        # without a chat template the system prompt is plain text ahead of the prompt: the first logits are
+        # the model's own on exactly those ids (and differ from the bare prompt's)
+        sys_ids = torch.tensor([encode_prompt(tok, prompt, False, system_prompt=SYSTEM)])
+        bare_ids = torch.tensor([encode_prompt(tok, prompt, False)])
+        assert sys_ids.shape[1] > bare_ids.shape[1]
+        expected = logits(model, sys_ids, torch.ones_like(sys_ids))[0, -1]
+        assert torch.allclose(plain.logits[0][0], expected, atol=1e-4)
+        assert (plain.logits[0][0] - logits(model, bare_ids, torch.ones_like(bare_ids))[0, -1]).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------------- mechanisms

@@ -289,7 +289,7 @@ def test_bridge_only_refresh_deviation_is_small(family):
     deviation = max_logit_diff(exact, approx)
     print(f"bridge_only max |d logit| on {family}: {deviation:.2e}")
     assert early < ATOL
-    assert 1e-6 < deviation < 0.05
+    assert 1e-6 < deviation < 5e-3  # measured 2e-4 (gpt2) to 2.3e-3 (llama, mistral): docs say 2e-4 to 2e-3
 
 
 # ---------------------------------------------------------------- contracts

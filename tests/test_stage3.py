@@ -57,8 +57,9 @@ def test_only_bridge_and_inject_receive_gradients(tiny_pipeline, stage2_module):
     assert all(p.grad is None for p in model.parameters())  # the backbone stays frozen
 
 
-def test_teacher_forced_ce_matches_plain_forward_when_bridge_is_a_copy(tiny_pipeline):
-    """Sanity of the stage-3 forward: with K=0 bridge rows it is exactly the backbone's own CE."""
+def test_inject_objective_with_zero_delta_is_the_backbones_own_ce(tiny_pipeline):
+    """Sanity of the stage-3 forward: the inject objective with a zero delta (a fresh module's inject is
+    zero-initialised) adds nothing to the upper blocks, so its CE is exactly the backbone's own teacher-forced CE."""
     store = HiddenStateStore(tiny_pipeline / "hidden")
     model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
     frame = pd.read_parquet(tiny_pipeline / "values.parquet")

@@ -16,6 +16,9 @@ TRAIN = TrainConfig(checkpoint_every=3, stage1=Stage1Config(epochs=3, batch_size
                     stage2=Stage2Config(epochs=2, batch_size=8))
 
 
+EPOCHS = 8
+
+
 def job(root, stage=1, init=None, train=TRAIN):
     return job_from_params(stage, MODEL, train, hidden_dir=str(root / "hidden"), data_path=str(root / "values.parquet"),
                            backbone_dir=str(root / "backbone"), init_module=str(init) if init else None)
@@ -43,12 +46,16 @@ def test_shard_for_rank_is_equal_sized_and_disjoint():
 
 def test_stage1_learns_and_reports_each_epoch(tiny_pipeline, tmp_path):
     session = LocalSession(tmp_path / "ckpt")
-    module = discrimination_stage(job(tiny_pipeline), session, progress_bar=False)
+    train = dataclasses.replace(TRAIN, stage1=Stage1Config(epochs=EPOCHS, batch_size=8, lr=3e-3))
+    module = discrimination_stage(job(tiny_pipeline, train=train), session, progress_bar=False)
     epochs = [r for r in session.reports if "val_auroc" in r]
-    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert [r["epoch"] for r in epochs] == list(range(1, EPOCHS + 1))
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    # the tiny dataset's prompts are separable by construction (harmful = every third row's template)
-    assert epochs[-1]["val_accuracy"] >= 0.5
+    # the tiny dataset's prompts are separable by construction (the harmful ones start with an attack
+    # request): the ranking gets there (a constant score has AUROC 0.5). Accuracy at s > 0 stays at the
+    # all-benign 0.667 on this tiny set (the asymmetric safety loss keeps scores low), which is why the gate's
+    # threshold is calibrated rather than 0
+    assert epochs[-1]["val_auroc"] > 0.9
     assert module.config.layer == 2 and module.config.hidden_size == 32
 
 
