@@ -129,6 +129,12 @@ class RayConfig:
     max_failures: int = 2
 
 
+# where and how a stage runs, not what it computes: left out of run names and module metadata, so that the same
+# data and params give the same module bytes on any cluster and storage (num_workers and use_gpu stay: they
+# change the arithmetic)
+RAY_PLACEMENT_KEYS = ("address", "cpus_per_worker", "storage_path", "max_failures")
+
+
 @dataclass(frozen=True)
 class Stage1Config:
     epochs: int = 6

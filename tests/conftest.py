@@ -12,6 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# fixtures that start a server or download wheels: every test that uses one (directly or through another
+# fixture) is an integration test, so `-m "not integration"` stays the fast unit suite without anyone having
+# to remember the marker
+INTEGRATION_FIXTURES = frozenset({"s3_server", "embedded_snapshot", "prefect_server"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -96,6 +96,7 @@ def test_policy_from_environment(monkeypatch):
         RetryPolicy.from_env()
 
 
+@pytest.mark.integration  # starts its own S3 server
 def test_s3_backbone_survives_an_outage_then_loads(tmp_path, aws_env, monkeypatch, caplog):
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -139,6 +140,7 @@ def test_s3_backbone_survives_an_outage_then_loads(tmp_path, aws_env, monkeypatc
     assert not list((tmp_path / "c").glob("svgt-backbone-*"))  # the scratch download is gone
 
 
+@pytest.mark.integration  # starts its own S3 server
 def test_s3_backbone_endpoint_never_returns(tmp_path, aws_env, monkeypatch):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("SVGT_RETRY_ATTEMPTS", "3")

@@ -161,7 +161,7 @@ def _fake_export(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.integration)])  # s3: a server
 def test_export_round_trip_verifies_checksums(tmp_path, where, request):
     if where == "s3":
         endpoint = request.getfixturevalue("s3_server")

@@ -61,7 +61,8 @@ def test_stage1_learns_and_reports_each_epoch(tiny_pipeline, tmp_path):
 
 @pytest.mark.faults
 def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
-    straight = discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "a"), progress_bar=False)
+    first = LocalSession(tmp_path / "a")
+    straight = discrimination_stage(job(tiny_pipeline), first, progress_bar=False)
 
     # interrupt a second run at its 11th optimizer step (checkpoints every 3 steps and at each epoch end, 6
     # steps an epoch): it resumes from step 9, in the middle of epoch 2
@@ -107,6 +108,9 @@ def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
     assert all("resumed_from_step" not in r for r in history[1:])
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    # the resumed epoch's means count the batches trained before the interruption too
+    clean = [r for r in first.reports if "val_auroc" in r]
+    assert [{k: v for k, v in r.items() if k != "resumed_from_step"} for r in history] == clean[1:]
 
 
 def test_stage2_uses_asymmetric_learning_rates_and_trains_only_encoder(tiny_pipeline, tmp_path):
@@ -145,3 +149,20 @@ def test_stage2_uses_asymmetric_learning_rates_and_trains_only_encoder(tiny_pipe
 def test_stage_requires_matching_config(tiny_pipeline):
     bad = dataclasses.replace(TRAIN, checkpoint_every=1)
     assert job(tiny_pipeline, train=bad).train_config.checkpoint_every == 1
+
+
+def test_run_name_follows_what_the_stage_computes_not_where_it_runs(tiny_pipeline):
+    """The run name is recorded in the exported module: the same input contents and result params give the
+    same name (and bytes) whatever the paths, the cluster address or the checkpoint storage."""
+    base = job(tiny_pipeline)
+    ray = dataclasses.replace(TRAIN.ray, storage_path="s3://bucket/ray", address="auto", cpus_per_worker=4,
+                              max_failures=5)
+    moved = dataclasses.replace(base, hidden_dir="/elsewhere/hidden", data_path="/elsewhere/values.parquet",
+                                backbone_dir="/elsewhere/backbone",
+                                train=dataclasses.asdict(dataclasses.replace(TRAIN, ray=ray)))
+    assert moved.run_name("fp") == base.run_name("fp") and moved.result_params() == base.result_params()
+    assert "storage_path" not in base.result_params()["train"]["ray"]
+    for changed in (dataclasses.replace(TRAIN, ray=dataclasses.replace(TRAIN.ray, num_workers=2)),
+                    dataclasses.replace(TRAIN, stage1=dataclasses.replace(TRAIN.stage1, lr=1e-3))):
+        assert dataclasses.replace(base, train=dataclasses.asdict(changed)).run_name("fp") != base.run_name("fp")
+    assert base.run_name("other inputs") != base.run_name("fp")

@@ -43,6 +43,9 @@ def test_stage1_on_ray_train_and_killed_worker_resumes(tiny_pipeline, tmp_path, 
     clean = run_stage(ray_job(tiny_pipeline, tmp_path / "ray2", job.train_config), fingerprint="test")
     for (k, a), b in zip(outcome.module.state_dict().items(), clean.module.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    # and the same curve: the resumed epoch's train loss counts the batches before the kill too
+    resumed = [{k: v for k, v in h.items() if k != "resumed_from_step"} for h in outcome.history]
+    assert resumed == clean.history
 
 
 def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root, caplog):
@@ -77,5 +80,17 @@ def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root
     assert f"Ray Train run {meta1['ray_run']} already exists under {tmp_path / 'ray'}: resuming" in caplog.text
     for name in ("config.json", "weights.safetensors", "manifest.json"):
         assert (tmp_path / "m1-again" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes(), name
+    # an independent retrain: another process (another hash seed), another Ray storage, nothing to resume
+    import subprocess
+    import sys
+
+    params["train"]["ray"]["storage_path"] = str(tmp_path / "ray-independent")
+    (tmp_path / "params-b.yaml").write_text(yaml.safe_dump(params))
+    argv = [a if a != str(tmp_path / "params.yaml") else str(tmp_path / "params-b.yaml") for a in common]
+    subprocess.run([sys.executable, "-m", "svgt", *argv, "--stage", "1", "--out", str(tmp_path / "m1-b")],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert not (tmp_path / "ray").samefile(tmp_path / "ray-independent")
+    for name in ("config.json", "weights.safetensors", "manifest.json"):
+        assert (tmp_path / "m1-b" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes(), name
     assert os.path.exists(tmp_path / "m2" / "weights.safetensors")
     assert main([*common, "--stage", "2", "--out", str(tmp_path / "m3")]) == 1  # no --init: clear error

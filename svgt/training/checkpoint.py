@@ -27,6 +27,9 @@ class Progress:
     epoch: int = 0  # epoch being run
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished epoch
+    # running sums of the train metrics over the batches of `epoch` already consumed, so that a resumed
+    # epoch reports the same means as an uninterrupted one
+    epoch_sums: dict[str, float] = field(default_factory=dict)
 
 
 def save_checkpoint(directory: str | Path, module: nn.Module, optimizer: torch.optim.Optimizer,

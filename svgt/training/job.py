@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from svgt.config import ModelConfig, TrainConfig, from_dict
+from svgt.config import RAY_PLACEMENT_KEYS, ModelConfig, TrainConfig, from_dict
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,16 @@ class StageJob:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def result_params(self) -> dict[str, Any]:
+        """The params that decide what the stage computes (no paths, no Ray placement)."""
+        ray = {k: v for k, v in self.train["ray"].items() if k not in RAY_PLACEMENT_KEYS}
+        return {"model": self.model, "train": {**self.train, "ray": ray}}
+
     def run_name(self, fingerprint: str) -> str:
-        """Stable per (stage, inputs, params): a rerun of the same job resumes Ray's run state."""
-        blob = json.dumps({"job": self.to_dict(), "inputs": fingerprint}, sort_keys=True, default=str)
+        """Stable per (stage, input contents, result params): a rerun of the same job resumes Ray's run state,
+        and the name (recorded in the module) does not depend on where the inputs or the run state live."""
+        blob = json.dumps({"stage": self.stage, **self.result_params(), "inputs": fingerprint}, sort_keys=True,
+                          default=str)
         return f"svgt-stage{self.stage}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

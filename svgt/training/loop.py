@@ -26,6 +26,10 @@ from svgt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
+# set in the record of the epoch an attempt resumed in: how the run went, not what it produced (kept out of a
+# module's metadata, like timings, so that a resumed run exports the same bytes as an uninterrupted one)
+RESUMED_FROM_STEP = "resumed_from_step"
+
 
 class Session(Protocol):
     rank: int
@@ -118,28 +122,27 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
     for epoch in range(progress.epoch, spec.epochs):
         batches = make_batches(epoch)
         module.train()
-        sums: dict[str, float] = defaultdict(float)
-        seen = 0
+        sums: dict[str, float] = defaultdict(float, progress.epoch_sums)
         bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, desc=f"{spec.desc} epoch {epoch + 1}",
                    disable=not progress_bar or session.rank != 0, leave=False)
         for i in range(progress.batch_in_epoch, len(batches)):
             torch.manual_seed(spec.seed * 1_000_003 + progress.step)  # dropout identical on resume
             for key, value in train_step(batches[i]).items():
                 sums[key] += value
-            seen += 1
             progress.step += 1
             progress.batch_in_epoch = i + 1
+            progress.epoch_sums = dict(sums)
             bar.update(1)
             _maybe_die(progress.step)
             if progress.step % spec.checkpoint_every == 0 and i + 1 < len(batches):
                 _report(session, module, optimizer, progress, {"step": progress.step, "epoch": epoch + 1})
         bar.close()
-        progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+        progress.epoch, progress.batch_in_epoch, progress.epoch_sums = epoch + 1, 0, {}
         module.eval()
         record = {"epoch": epoch + 1, "step": progress.step,
-                  **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()}, **evaluate()}
+                  **{f"train_{k}": v / max(len(batches), 1) for k, v in sums.items()}, **evaluate()}
         if resumed_from_step is not None:  # the epoch this attempt started in says where it picked up
-            record["resumed_from_step"], resumed_from_step = resumed_from_step, None
+            record[RESUMED_FROM_STEP], resumed_from_step = resumed_from_step, None
         progress.history.append(record)
         _report(session, module, optimizer, progress, record)
     return progress

@@ -22,6 +22,7 @@ from svgt.model.module import load_value_module
 from svgt.training.calibrate import calibrate_gate
 from svgt.training.data import load_stage_examples
 from svgt.training.job import StageJob, job_from_params
+from svgt.training.loop import RESUMED_FROM_STEP
 from svgt.training.ray_runner import run_stage
 from svgt.training.stages import evaluate_discrimination
 
@@ -38,6 +39,11 @@ def _fingerprint(*paths: Path) -> str:
         elif p.is_file():
             h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def _what_it_produced(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` without how the run went (timings, where it resumed): the same inputs, the same bytes."""
+    return {k: v for k, v in without_timings(metrics).items() if not k.endswith(RESUMED_FROM_STEP)}
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -121,9 +127,9 @@ def train_stage(
         # the run's name under train.ray.storage_path, not its absolute path, and no timings: the same
         # inputs give the same module directory, byte for byte, wherever and however long it ran
         "ray_run": Path(outcome.run_path.rstrip("/")).name,
-        "params": {"model": job.model, "train": job.train},
-        "metrics": _finite(without_timings(metrics)),
-        "history": [_finite(h) for h in outcome.history],
+        "params": job.result_params(),
+        "metrics": _finite(_what_it_produced(metrics)),
+        "history": [_finite(_what_it_produced(h)) for h in outcome.history],
     }
     save_value_module(outcome.module, out_dir, metadata)
     write_json_atomic(metrics_dir / f"stage{stage}.json", _finite(metrics))
