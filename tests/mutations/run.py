@@ -68,8 +68,10 @@ def run_tests(root: Path, tests: list[str], timeout: int) -> tuple[bool, float, 
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, time.monotonic() - start, "timed out (counted as killed: the suite did not pass)"
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-    return proc.returncode == 0, time.monotonic() - start, tail
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    # why it failed: the first assertion/error line (so a mutant killed by, say, a syntax error shows it)
+    reason = next((line for line in lines if line.startswith("E ")), lines[-1] if lines else "")
+    return proc.returncode == 0, time.monotonic() - start, reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline: {len(every_test)} test ids on unmutated code: {'pass' if passed else 'FAIL'} "
               f"({seconds:.0f} s)", flush=True)
         if not passed:
-            print(tail)
+            print(f"the unmutated code fails its own tests: {tail}")
             return 1
         survivors = []
         for m in mutants:
@@ -100,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 passed, seconds, tail = run_tests(root, m["tests"], args.timeout)
             finally:
                 target.write_text(original, encoding="utf-8")
-            print(f"{'SURVIVED' if passed else 'killed  '}  {m['name']:<36} {seconds:5.0f} s  {m['claim']}",
+            print(f"{'SURVIVED' if passed else 'killed  '}  {m['name']:<44} {seconds:4.0f} s  {m['claim']}",
                   flush=True)
+            if not passed:
+                print(f"          {tail.strip()[:150]}", flush=True)
             if passed:
                 survivors.append(m["name"])
     total = time.monotonic() - start
