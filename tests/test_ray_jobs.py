@@ -240,6 +240,7 @@ def test_unreachable_job_server_is_a_clear_error(tiny_pipeline, tmp_path, capsys
 class Cluster:
     address: str  # the job server (dashboard) URL
     process: subprocess.Popen
+    gcs_address: str  # host:port, what `train.ray.address: head:6379` names
 
     def client(self):
         from ray.job_submission import JobSubmissionClient
@@ -302,7 +303,7 @@ def ray_cluster():
         "--disable-usage-stats",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = Cluster(f"http://127.0.0.1:{dashboard}", proc)
+    cluster = Cluster(f"http://127.0.0.1:{dashboard}", proc, f"127.0.0.1:{gcs}")
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -395,7 +396,8 @@ def test_stage_runs_as_ray_job_that_outlives_its_submitter(ray_cluster, tiny_pip
 
 
 @pytest.mark.integration
-def test_failing_job_reports_id_status_and_log_tail(ray_cluster, tiny_pipeline, tmp_path, capsys):
+def test_failing_job_reports_id_status_and_log_tail_then_a_rerun_submits_attempt2(ray_cluster, tiny_pipeline,
+                                                                                    tmp_path, capsys, caplog):
     # d_v=16 with 3 encoder heads passes the params schema; the value module refuses it on the worker
     params = write_params(tmp_path / "bad.yaml", tmp_path / "ray-bad", ray_cluster.address)
     raw = yaml.safe_load(params.read_text())
@@ -412,3 +414,29 @@ def test_failing_job_reports_id_status_and_log_tail(ray_cluster, tiny_pipeline, 
     assert "d_v=16 is not divisible by encoder_heads=3" in err  # the cause, from the job's log tail
     assert f"`ray job logs --address {ray_cluster.address} {job.submission_id}`" in err
     assert not (tmp_path / "out" / "module").exists()
+
+    # the same command again: the failed attempt is not reattached; a second attempt is submitted under
+    # <run>-attempt2 (same Ray Train run name, so it would resume from that run's last checkpoint)
+    with caplog.at_level("INFO", logger="svgt.training.submit"):
+        assert main(train_argv(params, tiny_pipeline, tmp_path / "out")) == 1
+    again = sorted((j for j in ray_cluster.jobs(tmp_path)), key=lambda j: j.start_time or 0)
+    assert [j.submission_id for j in again] == [job.submission_id, f"{job.submission_id}-attempt2"]
+    assert (f"previous attempt {job.submission_id} ended FAILED; submitting {job.submission_id}-attempt2 "
+            "(resumes from the last checkpoint)") in caplog.text
+    assert again[1].metadata["svgt_run"] == job.metadata["svgt_run"]
+
+
+@pytest.mark.integration
+def test_stage_joins_a_running_cluster_by_its_gcs_address(ray_cluster, tiny_pipeline, tmp_path):
+    """`train.ray.address: head:6379`: this process becomes a driver on that cluster (ray.init never starts a
+    cluster when given an address), and the stage runs there. `auto` takes the same path (ray.init("auto")),
+    with Ray finding the address on the node itself."""
+    from ray.util.state import list_jobs
+
+    params = write_params(tmp_path / "join.yaml", tmp_path / "ray-join", ray_cluster.gcs_address)
+    before = {j.job_id for j in list_jobs(address=ray_cluster.address)}
+    assert main(train_argv(params, tiny_pipeline, tmp_path / "joined")) == 0
+    drivers = [j for j in list_jobs(address=ray_cluster.address) if j.job_id not in before and j.type == "DRIVER"]
+    assert len(drivers) == 1 and str(drivers[0].status) == "SUCCEEDED"  # this process, on that cluster
+    module, meta = load_value_module(tmp_path / "joined/module")
+    assert (tmp_path / "ray-join" / meta["ray_run"]).is_dir() and meta["stage"] == 1
