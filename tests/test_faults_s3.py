@@ -159,3 +159,43 @@ def test_s3_backbone_endpoint_never_returns(tmp_path, aws_env, monkeypatch):
     assert not (tmp_path / "snap").exists()
     assert list((tmp_path / "c").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_download_retries_each_file_on_its_own_and_fails_at_once_when_denied(tmp_path, monkeypatch):
+    """The remote-directory download (s3://, gs://, ...): a connection error on one file repeats that file
+    only (the listing and the files already fetched are not redone); a denied request is an answer, not an
+    outage, so it fails at once with the URL. The transport is fsspec's memory filesystem with injected
+    errors (s3fs raises the same PermissionError for AccessDenied and OSErrors for dropped connections)."""
+    import fsspec
+
+    from svgt.backbone.sources import BackboneError, _download_dir
+
+    fs = fsspec.filesystem("memory")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        fs.pipe(f"/svgt-dl/{name}", name.encode())
+    calls: list[str] = []
+    original = type(fs).get
+    failures = {"model.safetensors": [ConnectionResetError(104, "Connection reset by peer")] * 2}
+
+    def flaky_get(self, rpath, lpath, **kwargs):
+        name = rpath.rsplit("/", 1)[-1]
+        calls.append(name)
+        if failures.get(name):
+            raise failures[name].pop(0)
+        return original(self, rpath, lpath, **kwargs)
+
+    monkeypatch.setattr(type(fs), "get", flaky_get)
+    policy = RetryPolicy(attempts=3, base_delay=0)
+    _download_dir("memory://svgt-dl", tmp_path / "ok", {}, policy)
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["config.json", "model.safetensors",
+                                                                  "tokenizer.json"]
+    assert calls.count("model.safetensors") == 3 and calls.count("config.json") == calls.count("tokenizer.json") == 1
+
+    calls.clear()
+    failures["model.safetensors"] = [PermissionError(13, "Access Denied")]
+    with pytest.raises(BackboneError, match=r"^backbone.source memory://svgt-dl: cannot download model.safetensors "
+                                            r"\(\[Errno 13\] Access Denied\)$"):
+        _download_dir("memory://svgt-dl", tmp_path / "denied", {}, policy)
+    assert calls.count("model.safetensors") == 1  # no second try
+    with pytest.raises(BackboneError, match="memory://nothing-here: no files found"):
+        _download_dir("memory://nothing-here", tmp_path / "empty", {}, policy)

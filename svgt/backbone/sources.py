@@ -183,4 +183,8 @@ def _download_dir(url: str, target: Path, storage_options: dict[str, Any], retry
         rel = remote[len(root.rstrip("/")) + 1 :]
         local = target / rel
         local.parent.mkdir(parents=True, exist_ok=True)
-        retry_call(lambda remote=remote, local=local: fs.get(remote, str(local)), f"downloading {shown}/{rel}", retry)
+        try:
+            retry_call(lambda remote=remote, local=local: fs.get(remote, str(local)), f"downloading {shown}/{rel}",
+                       retry)
+        except (FileNotFoundError, PermissionError) as err:  # an answer, not an outage: never retried
+            raise BackboneError(f"backbone.source {shown}: cannot download {rel} ({redact_url(str(err))})") from None
