@@ -26,7 +26,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from svgt.cli import StepFailed
+from svgt.cli import GatesFailed, StepFailed
+from svgt.retry import is_connection_error
 
 # argv of each step exactly as its dvc.yaml stage runs it (minus the leading `svgt`)
 STEP_ARGV: dict[str, list[str]] = {
@@ -66,42 +67,30 @@ RETRIES = 2
 RETRY_DELAY_SECONDS = [30, 120]
 
 
-class GatesFailed(StepFailed):
-    """The evaluated module misses at least one quality gate: it must not be registered."""
-
-
 # ----------------------------------------------------------------------------------------- retries
 
-# OSErrors that say something about the request, not the weather
-_PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
-# libraries whose exceptions are about the network or the cluster
-_TRANSIENT_MODULE_ROOTS = frozenset({"ray", "botocore", "aiobotocore", "aiohttp", "httpx", "httpcore", "urllib3",
-                                     "requests"})
-
-
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the step could help: I/O and network trouble, a failed Ray Train run.
+    """Whether retrying the step could help: connection trouble (the one rule of svgt.retry, which also says
+    that a full disk, a missing file or a denied request will not go away), a failed Ray Train run, or an error
+    of Ray itself (a lost node or actor).
 
     Everything else (StepFailed such as a validation or gate failure, config errors, bad data, programming
     errors) is deterministic: a retry would fail the same way, after repeating up to an hour of training.
     An error raised ``from`` a transient one (e.g. RegistryError from a ConnectionError) counts as transient.
     """
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, StepFailed):
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StepFailed):
             return False
-        if isinstance(exc, OSError):  # includes ConnectionError and TimeoutError
-            if not isinstance(exc, _PERMANENT_OS_ERRORS):
-                return True
-        else:
-            ray_runner = sys.modules.get("svgt.training.ray_runner")  # loaded whenever its TrainingError was raised
-            if ray_runner is not None and isinstance(exc, ray_runner.TrainingError):
-                return True
-            if any(cls.__module__.split(".")[0] in _TRANSIENT_MODULE_ROOTS for cls in type(exc).__mro__):
-                return True
-        exc = exc.__cause__
-    return False
+        ray_runner = sys.modules.get("svgt.training.ray_runner")  # loaded whenever its TrainingError was raised
+        if ray_runner is not None and isinstance(current, ray_runner.TrainingError):
+            return True
+        if any(cls.__module__.split(".")[0] == "ray" for cls in type(current).__mro__):
+            return True
+        current = current.__cause__
+    return is_connection_error(exc)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

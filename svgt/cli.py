@@ -33,7 +33,26 @@ DEFAULTS = {
 
 
 class StepFailed(RuntimeError):
-    """A step ran but its result says the pipeline must stop (e.g. validation failed)."""
+    """A step ran but its result says the pipeline must stop (e.g. validation failed): exit 1."""
+
+
+class UsageError(StepFailed):
+    """The command line asks for something that cannot be done (conflicting or missing options): exit 2."""
+
+
+class GatesFailed(StepFailed):
+    """The evaluated module misses at least one quality gate, so it was not registered: exit 3."""
+
+
+# exit codes (also in `svgt --help`); 75 is EX_TEMPFAIL from sysexits.h, which schedulers read as "try again"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATES_FAILED, EXIT_TRANSIENT = 0, 1, 2, 3, 75
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}   the step finished
+  {EXIT_FAILED}   the step failed: bad input, a failed validation or verification (the message names the file,
+      row or key)
+  {EXIT_USAGE}   usage error: unknown or conflicting options, a value out of range
+  {EXIT_GATES_FAILED}   quality gates failed: the module was evaluated but not registered
+  {EXIT_TRANSIENT}  transient failure (a connection that kept failing after its retries): try again later"""
 
 
 def cmd_backbone(params: Params, args: argparse.Namespace) -> None:
@@ -115,7 +134,7 @@ def cmd_train(params: Params, args: argparse.Namespace) -> None:
     outputs["plots_dir"] = args.plots
     address = submit.job_server_address(params.train.ray)
     if (args.detach or args.attach) and (address is None or args.in_cluster):
-        raise StepFailed(
+        raise UsageError(
             "--detach/--attach need a Ray job server address (train.ray.address or RAY_ADDRESS "
             "http://HEAD:8265) and do not go with --in-cluster"
         )
@@ -140,7 +159,7 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
     from svgt.generate import run_generate
 
     if (args.prompt is None) == (args.prompts_file is None):
-        raise StepFailed("give exactly one of --prompt TEXT or --prompts-file FILE.jsonl")
+        raise UsageError("give exactly one of --prompt TEXT or --prompts-file FILE.jsonl")
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
         summary = run_generate(backbone_dir=args.backbone, module_uri=args.module, method=args.method,
@@ -192,7 +211,7 @@ def cmd_register(params: Params, args: argparse.Namespace) -> RegisteredVersion:
     write_gate_report(report, args.metrics / "gates.json")
     print(format_gate_report(report))
     if not report.passed:
-        raise StepFailed(f"not registered: {len(report.failed)} gate(s) failed (see above)")
+        raise GatesFailed(f"not registered: {len(report.failed)} gate(s) failed (see above)")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     version = register_module(args.module, report, params.registry, params=dataclasses.asdict(params),
                               git_commit=commit)
@@ -212,7 +231,7 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> None:
     src = params.registry
     if args.to_tracking_uri is None:
         if args.to_model_name or args.to_experiment:
-            raise StepFailed("--to-model-name and --to-experiment need --to-tracking-uri")
+            raise UsageError("--to-model-name and --to-experiment need --to-tracking-uri")
         version = promote(src, alias=args.alias, version=args.version, from_alias=args.from_alias)
         print(f"{src.model_name}@{args.alias} -> version {version}")
         return
@@ -247,113 +266,201 @@ def _threshold(text: str) -> float | str | None:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--threshold must be a number, 'off' or 'module', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a number, 'off' or 'module', got {text!r}") from None
+
+
+def _number(kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None) -> Callable:
+    """An argparse type: ``kind`` within [minimum, maximum] (``strict``: above minimum), else a usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        low_ok = value > minimum if strict else value >= minimum
+        if not low_ok or (maximum is not None and value > maximum):
+            bound = f"{'>' if strict else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    return parse
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = sys.version.split()[0]
+    return f"svgt {of('svgt')} (torch {of('torch')}, transformers {of('transformers')}, python {python})"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless its help already says it, or it is a flag or unset) and keeps the
+    examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# (name, one-line help, example) of each step, in pipeline order: `svgt --help` lists them so
+STEPS = {
+    "backbone": ("resolve backbone.source to a verified safetensors snapshot", "svgt backbone"),
+    "ingest": ("build the canonical value dataset (the seed set, or data.sources)", "svgt ingest"),
+    "validate": ("Great Expectations gate on the canonical dataset", "svgt validate"),
+    "extract": ("layer-l* hidden states as sharded safetensors (needs a passed validation)", "svgt extract"),
+    "card": ("the dataset card, with the hidden-state extraction statistics", "svgt card"),
+    "baselines": ("fit the comparison baselines (system prompt, DPO-LoRA, ITI, RE-Control, ConVA, NeVA)",
+                  "svgt baselines"),
+    "judge": ("train the offline harm judge; check the refusal judge on human labels", "svgt judge"),
+    "train": ("train one curriculum stage on Ray Train (a local Ray, a cluster, or a Ray job)",
+              "svgt train --stage 1\n  svgt train --stage 2 --init models/stage1"),
+    "evaluate": ("every guidance method on the held-out prompt sets: the paper's table, side effects, plots",
+                 "svgt evaluate"),
+    "register": ("check the quality gates; register the module (alias challenger) only if all pass",
+                 "svgt register --module models/stage3"),
+    "promote": ("move an alias (default production) to a gate-passed version, or copy that version into another "
+                "registry", "svgt promote --alias production\n  svgt promote --to-tracking-uri https://mlflow.prod"),
+    "generate": ("generate with or without a value module (a prompt, or JSONL in and JSONL out)",
+                 "svgt generate --prompt 'How do vaccines work?'\n"
+                 "  svgt generate --module models:/svgt-value-module@production --prompts-file prompts.jsonl "
+                 "--out answers.jsonl"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="svgt", description="Train, evaluate and ship SVGT value modules.")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="svgt", formatter_class=_HelpFormatter,
+        description="Train, evaluate and ship SVGT value modules. Each step reads params.yaml and the previous "
+                    "steps' outputs (the paths `dvc repro` uses by default).",
+        epilog="example:\n  svgt --params params.yaml train --stage 1\n\n" + EXIT_CODES)
+    parser.add_argument("--params", default="params.yaml", help="params file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
+    parser.add_argument("--version", action="version", version=_version(), help="print svgt, torch and "
+                        "transformers versions and exit")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    count = _number(int, 1)
+    commands = {name: globals()[f"cmd_{name}"] for name in STEPS}
 
-    def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
-        p.set_defaults(func=func)
+    def add(name: str) -> argparse.ArgumentParser:
+        help_, example = STEPS[name]
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                           epilog=f"example:\n  {example}\n\n{EXIT_CODES}", formatter_class=_HelpFormatter)
+        p.set_defaults(func=commands[name])
         return p
 
-    p = add("backbone", cmd_backbone, "resolve backbone.source to a verified safetensors snapshot")
-    p.add_argument("--out", default=DEFAULTS["backbone"], type=Path)
-    p = add("ingest", cmd_ingest, "build the canonical value dataset (seed set or data.sources)")
-    p.add_argument("--out", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--card", default=DEFAULTS["card"], type=Path)
-    p = add("validate", cmd_validate, "Great Expectations gate on the canonical dataset")
-    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--reports", default=DEFAULTS["validation"], type=Path)
-    p = add("extract", cmd_extract, "layer-l* hidden states as sharded safetensors")
-    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
-    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--validation", default=DEFAULTS["validation"], type=Path)
-    p.add_argument("--out", default=DEFAULTS["hidden"], type=Path)
-    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p = add("baselines", cmd_baselines, "fit the comparison baselines (system prompt, DPO-LoRA, ITI, ...)")
-    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
-    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--out", default=Path("models/baselines"), type=Path)
-    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p = add("card", cmd_card, "dataset card including the hidden-state extraction statistics")
-    p.add_argument("--summary", default=Path("data/values/CARD.json"), type=Path)
-    p.add_argument("--extract-metrics", default=Path("metrics/extract.json"), type=Path)
-    p.add_argument("--out", default=Path("reports/dataset_card.md"), type=Path)
-    p = add("train", cmd_train, "train one curriculum stage with Ray Train (local, or a Ray job on a cluster)")
-    p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
-    p.add_argument("--init", type=Path, default=None, help="module exported by the previous stage")
-    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
-    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--hidden", default=DEFAULTS["hidden"], type=Path)
-    p.add_argument("--out", default=None, type=Path, help="default: models/stageN")
-    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p.add_argument("--plots", default=Path("plots"), type=Path)
-    p.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help="run as a submitted Ray job's driver: join this cluster, export to the run's storage path",
-    )
-    p.add_argument(
-        "--detach", action="store_true", help="with a job server address: submit the stage's Ray job, print its id"
-    )
-    p.add_argument(
-        "--attach", metavar="JOB_ID", default=None, help="wait for a submitted stage job and collect its outputs"
-    )
-    p = add("judge", cmd_judge, "train the offline harm judge; check the refusal judge on human labels")
-    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--out", default=Path("models/harm_judge"), type=Path)
-    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p = add("evaluate", cmd_evaluate, "every guidance method on the held-out prompt sets: the paper's table")
-    p.add_argument("--module", default=Path("models/stage3"), type=Path)
-    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
-    p.add_argument("--data", default=DEFAULTS["values"], type=Path)
-    p.add_argument("--baselines", default=Path("models/baselines"), type=Path)
-    p.add_argument("--harm-judge", default=Path("models/harm_judge"), type=Path)
-    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p.add_argument("--plots", default=Path("plots"), type=Path)
-    p.add_argument("--report", default=Path("reports/eval.md"), type=Path)
-    p.add_argument("--generations", default=Path("reports/generations.jsonl"), type=Path)
-    p = add("register", cmd_register, "check the evaluation gates; register the module (alias challenger) if all pass")
-    p.add_argument("--module", default=Path("models/stage3"), type=Path)
-    p.add_argument("--metrics", default=DEFAULTS["metrics"], type=Path)
-    p = add("promote", cmd_promote, "move an alias (default production) to a gate-passed version, or copy that "
-                                    "version into another registry (--to-tracking-uri)")
+    def path(p: argparse.ArgumentParser, flag: str, default: Path | None, help_: str) -> None:
+        p.add_argument(flag, default=default, type=Path, help=help_)
+
+    p = add("backbone")
+    path(p, "--out", DEFAULTS["backbone"], "snapshot directory to write")
+    p = add("ingest")
+    path(p, "--out", DEFAULTS["values"], "canonical Parquet to write")
+    path(p, "--card", DEFAULTS["card"], "dataset card (markdown) to write")
+    p = add("validate")
+    path(p, "--data", DEFAULTS["values"], "canonical Parquet to check")
+    path(p, "--reports", DEFAULTS["validation"], "where the summary and Data Docs go")
+    p = add("extract")
+    path(p, "--backbone", DEFAULTS["backbone"], "backbone snapshot")
+    path(p, "--data", DEFAULTS["values"], "canonical Parquet")
+    path(p, "--validation", DEFAULTS["validation"], "validation reports; extraction refuses data that did not pass")
+    path(p, "--out", DEFAULTS["hidden"], "hidden-state store to write")
+    path(p, "--metrics", DEFAULTS["metrics"], "metrics directory (extract.json)")
+    p = add("card")
+    path(p, "--summary", Path("data/values/CARD.json"), "the ingest summary")
+    path(p, "--extract-metrics", Path("metrics/extract.json"), "extraction metrics")
+    path(p, "--out", Path("reports/dataset_card.md"), "card to write")
+    p = add("baselines")
+    path(p, "--backbone", DEFAULTS["backbone"], "backbone snapshot")
+    path(p, "--data", DEFAULTS["values"], "canonical Parquet (train split)")
+    path(p, "--out", Path("models/baselines"), "one directory per fitted baseline")
+    path(p, "--metrics", DEFAULTS["metrics"], "metrics directory (baselines.json)")
+    p = add("judge")
+    path(p, "--data", DEFAULTS["values"], "canonical Parquet (the harm judge trains on its train split)")
+    path(p, "--out", Path("models/harm_judge"), "harm judge directory to write")
+    path(p, "--metrics", DEFAULTS["metrics"], "metrics directory (refusal_judge.json, harm_judge.json)")
+    p = add("train")
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True,
+                   help="1 discrimination, 2 conditional pairs, 3 behaviour (the bridge)")
+    path(p, "--init", None, "module exported by the previous stage (stages 2 and 3)")
+    path(p, "--backbone", DEFAULTS["backbone"], "backbone snapshot (stage 3 runs its upper blocks)")
+    path(p, "--data", DEFAULTS["values"], "canonical Parquet")
+    path(p, "--hidden", DEFAULTS["hidden"], "hidden-state store")
+    path(p, "--out", None, "module directory to write (default: models/stageN)")
+    path(p, "--metrics", DEFAULTS["metrics"], "metrics directory (stageN.json)")
+    path(p, "--plots", Path("plots"), "training curves (stageN.csv)")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="run as a submitted Ray job's driver: join this cluster, export to the run's storage path")
+    p.add_argument("--detach", action="store_true",
+                   help="with a job server address: submit the stage's Ray job, print its id and return")
+    p.add_argument("--attach", metavar="JOB_ID", default=None,
+                   help="wait for a submitted stage job and collect its outputs")
+    p = add("evaluate")
+    path(p, "--module", Path("models/stage3"), "value module to evaluate")
+    path(p, "--backbone", DEFAULTS["backbone"], "backbone snapshot")
+    path(p, "--data", DEFAULTS["values"], "canonical Parquet (test split)")
+    path(p, "--baselines", Path("models/baselines"), "fitted baselines")
+    path(p, "--harm-judge", Path("models/harm_judge"), "harm judge directory")
+    path(p, "--metrics", DEFAULTS["metrics"], "metrics directory (eval.json)")
+    path(p, "--plots", Path("plots"), "plots directory")
+    path(p, "--report", Path("reports/eval.md"), "markdown table to write")
+    path(p, "--generations", Path("reports/generations.jsonl"), "every generated answer, one JSON line each")
+    p = add("register")
+    path(p, "--module", Path("models/stage3"), "value module to register")
+    path(p, "--metrics", DEFAULTS["metrics"], "metrics the gates read; gates.json is written here")
+    p = add("promote")
     p.add_argument("--alias", default="production", help="the alias to set")
-    p.add_argument("--version", default=None, type=int, help="default: the version holding --from-alias")
+    p.add_argument("--version", default=None, type=count, help="version to promote (default: the one holding "
+                                                                 "--from-alias)")
     p.add_argument("--from-alias", default="challenger", help="picks the version when --version is not given")
     p.add_argument("--to-tracking-uri", default=None,
                    help="copy the version into this MLflow registry (verified) and set --alias there")
     p.add_argument("--to-model-name", default=None, help="model name in the target registry (default: the same)")
     p.add_argument("--to-experiment", default=None, help="experiment for the copy's run (default: the same)")
-    p = add("generate", cmd_generate, "generate with or without a value module (JSONL in, JSONL out)")
+    p = add("generate")
     p.add_argument("--module", default=None, help="value module: a directory, an fsspec URL or models:/NAME@ALIAS")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow registry that models:/ modules come from (default: registry.tracking_uri), e.g. "
                         "the production store `svgt promote --to-tracking-uri` copied a version into")
-    p.add_argument("--method", default="svgt", choices=ALL_METHODS)
-    p.add_argument("--baselines", default=Path("models/baselines"), type=Path,
-                   help="fitted baselines (written by `svgt baselines`), for the baseline methods")
-    p.add_argument("--prompt", default=None)
-    p.add_argument("--prompts-file", default=None, type=Path)
-    p.add_argument("--out", default=None, type=Path, help="default: stdout")
-    p.add_argument("--backbone", default=DEFAULTS["backbone"], type=Path)
-    p.add_argument("--refresh-interval", default=None, type=int, help="default: the module's r")
+    p.add_argument("--method", default="svgt", choices=ALL_METHODS, help="guidance method")
+    path(p, "--baselines", Path("models/baselines"), "fitted baselines (`svgt baselines`), for the baseline methods")
+    p.add_argument("--prompt", default=None, help="one prompt (or use --prompts-file)")
+    path(p, "--prompts-file", None, 'JSONL, one {"prompt": ...} object per line')
+    path(p, "--out", None, "JSONL to write (default: stdout)")
+    path(p, "--backbone", DEFAULTS["backbone"], "backbone snapshot")
+    p.add_argument("--refresh-interval", default=None, type=count,
+                   help="refresh the bridge every N generated tokens (default: the module's r)")
     p.add_argument("--threshold", default="module", type=_threshold,
                    help="score above which SVGT guides a prompt: a number (answers keep the module's calibrated "
-                        "threshold), 'off' (guide every prompt) or 'module' (the module's own, calibrated in stage 3; "
-                        "default)")
-    p.add_argument("--max-new-tokens", default=128, type=int)
-    p.add_argument("--batch-size", default=8, type=int)
-    p.add_argument("--temperature", default=0.0, type=float, help="0 = greedy")
-    p.add_argument("--top-p", default=1.0, type=float)
-    p.add_argument("--seed", default=None, type=int)
-    p.add_argument("--no-chat-template", action="store_true")
+                        "threshold), 'off' (guide every prompt) or 'module' (the module's own, calibrated in stage 3)")
+    p.add_argument("--max-new-tokens", default=128, type=count, help="tokens to generate at most per prompt")
+    p.add_argument("--batch-size", default=8, type=count, help="prompts decoded together")
+    p.add_argument("--temperature", default=0.0, type=_number(float, 0.0), help="0 decodes greedily")
+    p.add_argument("--top-p", default=1.0, type=_number(float, 0.0, strict=True, maximum=1.0),
+                   help="nucleus sampling mass (with --temperature > 0)")
+    p.add_argument("--seed", default=None, type=int, help="sampling seed (default: nondeterministic)")
+    p.add_argument("--no-chat-template", action="store_true", help="feed prompts as plain text")
     return parser
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code for an error that ended a step (see EXIT_CODES)."""
+    from svgt.retry import is_connection_error
+
+    if isinstance(err, GatesFailed):
+        return EXIT_GATES_FAILED
+    if isinstance(err, UsageError):
+        return EXIT_USAGE
+    if not isinstance(err, StepFailed) and is_connection_error(err):
+        return EXIT_TRANSIENT
+    return EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,15 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(params, args)
     except (ConfigError, StepFailed) as err:
         print(f"svgt {args.step}: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     except (ValueError, RuntimeError, OSError) as err:
         # library errors carry file/row/key context in their message; no traceback needed
         if args.verbose:
             raise
         print(f"svgt {args.step}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return exit_code(err)
     log.info("svgt %s finished in %.1fs", args.step, time.perf_counter() - t0)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -455,6 +455,9 @@ def test_retrain_runs_the_training_flow_as_a_subflow(prefect_server, tmp_path, m
     (ValueError("bad data"), False),
     (KeyError("k"), False),
     (RuntimeError("bug"), False),
+    # the same rule as svgt.retry: a full disk or a read-only filesystem will not go away by itself
+    (OSError(28, "No space left on device"), False),
+    (OSError(30, "Read-only file system"), False),
 ])
 def test_retry_condition(exc, retry):
     from prefect.states import Failed
@@ -634,3 +637,34 @@ def test_events_cli(prefect_server, capsys):
     with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server: refuse instead of losing the event
         assert main(["--dataset", "hf://allenai/wildguardmix"]) == 2
     assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+
+
+def test_a_step_that_fills_the_disk_is_not_retried(prefect_server, tmp_path, monkeypatch):
+    """The Prefect task around a step that hits a full disk fails at once (not after 30 s + 120 s of retries),
+    by the library's own retry rule; a dropped connection in the same place is retried twice."""
+    import errno
+
+    from prefect import flow
+
+    from flows import tasks
+    from svgt.io import disk_full_error
+
+    calls = []
+
+    def failing_step(error):
+        def run(*_args, **_kwargs):
+            calls.append(type(error).__name__)
+            raise error
+        return run
+
+    ingest = tasks.ingest.with_options(retry_delay_seconds=[0, 0])
+
+    @flow(name="svgt-disk-full-probe")
+    def probe():
+        return ingest("params.yaml", return_state=True)
+
+    full = disk_full_error(tmp_path / "values.parquet", OSError(errno.ENOSPC, "No space left on device"))
+    for error, attempts in ((full, 1), (ConnectionResetError(104, "reset"), 1 + tasks.RETRIES)):
+        calls.clear()
+        monkeypatch.setattr(tasks, "run_step", failing_step(error))
+        assert probe().is_failed() and calls == [type(error).__name__] * attempts

@@ -228,7 +228,7 @@ def test_unreachable_job_server_is_a_clear_error(tiny_pipeline, tmp_path, capsys
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     params = write_params(tmp_path / "p.yaml", tmp_path / "ray", f"http://127.0.0.1:{port}")
-    assert main(train_argv(params, tiny_pipeline, tmp_path)) == 1
+    assert main(train_argv(params, tiny_pipeline, tmp_path)) == 75  # a refused connection: try again later
     err = capsys.readouterr().err
     assert f"cannot reach the Ray job server at http://127.0.0.1:{port} (train.ray.address / RAY_ADDRESS)" in err
 
