@@ -345,7 +345,8 @@ def _alias_version(params_path: str, alias: str, tracking_uri: str | None = None
     """The registry's view of ``models:/NAME@alias`` (what the step just set) in params' registry or in
     ``tracking_uri``; None (logged) if unreadable."""
     from svgt.config import load_params
-    from svgt.registry_uri import mlflow_client, redact_url
+    from svgt.registry_uri import mlflow_client
+    from svgt.urls import redact_url
 
     cfg = load_params(params_path).registry
     uri = tracking_uri or cfg.tracking_uri

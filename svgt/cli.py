@@ -236,7 +236,7 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> None:
         print(f"{src.model_name}@{args.alias} -> version {version}")
         return
     from svgt.registry import copy_version
-    from svgt.registry_uri import redact_url
+    from svgt.urls import redact_url
 
     dst = dataclasses.replace(src, tracking_uri=args.to_tracking_uri, model_name=args.to_model_name or src.model_name,
                               experiment=args.to_experiment or src.experiment)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svgt.urls import has_url_credentials, redact_url
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODULE_ARTIFACT = "value_module"  # where svgt.registry logs the module inside a run
 _ALIAS = re.compile(r"^models:/(?P<name>[^@]+)@(?P<alias>[^/@]+)/?$")
 _VERSION = re.compile(r"^models:/(?P<name>.+)/(?P<version>[0-9]+)/?$")
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 class RegistryError(RuntimeError):
@@ -47,19 +48,6 @@ def parse_models_uri(uri: str) -> ModelRef:
         return ModelRef(m["name"], version=int(m["version"]))
     raise RegistryError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION "
                         "(stage names such as /Production are deprecated in MLflow and not supported)")
-
-
-def redact_url(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://***@host`` (for messages and logged values)."""
-    return _URL_USERINFO.sub("***@", text)
-
-
-def has_url_credentials(url: str) -> bool:
-    """``scheme://user:password@host/...``: such URLs are refused, since URLs end up in params, logs and tags.
-
-    Credentials come from the environment or profiles (AWS_*, MLFLOW_TRACKING_USERNAME/PASSWORD, ...).
-    """
-    return bool(_URL_USERINFO.search(url))
 
 
 def tracking_uri_from_env(tracking_uri: str | None = None) -> str:

@@ -35,7 +35,7 @@ from svgt.config import load_params
 from svgt.model import load_value_module
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession
-from svgt.training.stages import run_stage_in_session
+from svgt.training.worker import run_stage_in_session
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

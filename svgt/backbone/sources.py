@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from svgt.registry_uri import has_url_credentials, redact_url
 from svgt.retry import RetryPolicy, retry_call
+from svgt.urls import has_url_credentials, redact_url
 from svgt.wheels import extract_member, fetch_wheel
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from typing import Any
 from svgt.config import RayConfig
 from svgt.model import ValueModule
 from svgt.training.job import StageJob
-from svgt.training.stages import module_from_checkpoint, train_worker
+from svgt.training.stages import module_from_checkpoint
+from svgt.training.worker import train_worker
 
 log = logging.getLogger(__name__)
 

@@ -157,20 +157,6 @@ def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = T
     return module
 
 
-def run_stage_in_session(job: StageJob, session: Session, progress_bar: bool = True) -> ValueModule:
-    if job.stage in (1, 2):
-        return discrimination_stage(job, session, progress_bar)
-    from svgt.training.stage3 import behaviour_stage
-
-    return behaviour_stage(job, session, progress_bar)
-
-
-def train_worker(config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker``."""
-    from svgt.training.loop import RaySession
-
-    torch.set_num_threads(max(1, int(config.pop("_threads", 1))))
-    run_stage_in_session(StageJob(**config), RaySession())
 
 
 def module_from_checkpoint(job: StageJob, checkpoint_dir: str | Path) -> ValueModule:
