@@ -667,4 +667,4 @@ def test_a_step_that_fills_the_disk_is_not_retried(prefect_server, tmp_path, mon
     for error, attempts in ((full, 1), (ConnectionResetError(104, "reset"), 1 + tasks.RETRIES)):
         calls.clear()
         monkeypatch.setattr(tasks, "run_step", failing_step(error))
-        assert probe().is_failed() and calls == [type(error).__name__] * attempts
+        assert probe(return_state=True).is_failed() and calls == [type(error).__name__] * attempts
