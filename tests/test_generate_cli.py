@@ -159,4 +159,4 @@ def test_generate_threshold_option_and_guided_from_in_the_output(tiny_pipeline, 
     assert "guided_from" not in open_  # a module whose gate is off, overridden to off: no gate at all
     with pytest.raises(SystemExit):
         main(common + ["--threshold", "high"])
-    assert "--threshold must be a number, 'off' or 'module', got 'high'" in capsys.readouterr().err
+    assert "argument --threshold: must be a number, 'off' or 'module', got 'high'" in capsys.readouterr().err
