@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_faults_s3 import free_port
 from test_flows import make_checkout
 
 from svgt.backbone.sources import BackboneError, parse_source
@@ -143,12 +143,6 @@ def mlflow_server(root: Path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.faults
