@@ -40,7 +40,10 @@ import torch
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
-from svgt.config import load_params
+from svgt.core.io import write_json_atomic, write_text_atomic
+from svgt.core.params import load_params
+from svgt.decoding.guidance import prompt_states
+from svgt.decoding.prompt_pass import PromptPassCache
 from svgt.eval.guidance_eval import (
     BENIGN_SETS,
     build_prompt_sets,
@@ -51,10 +54,7 @@ from svgt.eval.guidance_eval import (
 )
 from svgt.eval.judges import RefusalJudge
 from svgt.eval.metrics import auroc
-from svgt.generation import PromptPassCache
-from svgt.guidance import prompt_states
-from svgt.hidden_states import HiddenStateStore
-from svgt.io import write_json_atomic, write_text_atomic
+from svgt.extract.store import HiddenStateStore
 from svgt.methods import GuidanceMethod, operating_point
 from svgt.model import ValueModule, load_value_module
 from svgt.training.calibrate import budget_threshold

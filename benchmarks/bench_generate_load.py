@@ -32,9 +32,9 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from a checkout: import svgt.io without installing
+sys.path.insert(0, str(REPO))  # run as a script from a checkout: import svgt.core.io without installing
 
-from svgt.io import write_json_atomic, write_text_atomic  # noqa: E402
+from svgt.core.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 TOPICS = [
     "bread",

@@ -40,16 +40,16 @@ from typing import Any
 import psutil
 import torch
 import transformers
+from flop_count import MatmulFlopCounter
 from transformers import GenerationConfig
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.adapter import resolve_layer
+from svgt.backbone.batching import pad_batch
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt
-from svgt.extract import pad_batch
-from svgt.flop_count import MatmulFlopCounter
-from svgt.guidance import generate_with_module
-from svgt.io import write_json_atomic, write_text_atomic
+from svgt.core.io import write_json_atomic, write_text_atomic
+from svgt.decoding.guidance import generate_with_module
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module
 
 MIB = 2**20
@@ -153,7 +153,7 @@ def load_module(args: argparse.Namespace, manifest: Any) -> tuple[ValueModule, s
     layer = None
     how = "ValueModuleConfig defaults"
     if args.params.is_file():
-        from svgt.config import load_params, params_section
+        from svgt.core.params import load_params, params_section
 
         params = load_params(args.params)
         shape, layer, how = params_section(params, "model"), params.extract.layer, f"{args.params} model section"
@@ -471,7 +471,7 @@ def build_report(args: argparse.Namespace, meta: dict[str, Any], by_batch: dict[
         mem_note = ("rise of the process RSS (sampled every 5 ms) above the RSS before the call, after gc and "
                     "malloc_trim, max over the prompt batches, in a separate untimed pass; short spikes between "
                     "samples can be missed")
-    flop_note = ("matrix products and attention counted by `svgt.flop_count.MatmulFlopCounter` in a separate "
+    flop_note = ("matrix products and attention counted by `flop_count.MatmulFlopCounter` in a separate "
                  "untimed pass (element-wise work not counted)" if args.flops else "not counted (--no-flops)")
     for batch, results in by_batch.items():
         rat = ratios(results)

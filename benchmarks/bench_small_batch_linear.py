@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from svgt.backbone.small_batch import small_batch_linear
-from svgt.io import write_json_atomic, write_text_atomic
+from svgt.core.io import write_json_atomic, write_text_atomic
 
 
 def _best(fn, reps: int) -> float:

@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from svgt.cli import GatesFailed, StepFailed
-from svgt.retry import is_connection_error
+from svgt.core.retry import is_connection_error
 
 # argv of each step exactly as its dvc.yaml stage runs it (minus the leading `svgt`)
 STEP_ARGV: dict[str, list[str]] = {
@@ -60,7 +60,7 @@ METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 EVAL_REPORT = Path("reports/eval.md")
 GATE_REPORT = Path("metrics/gates.json")
-REGISTER_ALIAS = "challenger"  # svgt.registry.register_module points it at the new version
+REGISTER_ALIAS = "challenger"  # svgt.registry.versions.register_module points it at the new version
 
 # retries apply to transient failures only (see retry_transient); deterministic ones fail at once
 RETRIES = 2
@@ -70,7 +70,7 @@ RETRY_DELAY_SECONDS = [30, 120]
 # ----------------------------------------------------------------------------------------- retries
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the step could help: connection trouble (the one rule of svgt.retry, which also says
+    """Whether retrying the step could help: connection trouble (the one rule of svgt.core.retry, which also says
     that a full disk, a missing file or a denied request will not go away), a failed Ray Train run, or an error
     of Ray itself (a lost node or actor).
 
@@ -145,7 +145,7 @@ def run_step(params_path: str | Path, argv: list[str]) -> Any:
     The same parse-then-call as ``svgt.cli.main``; errors keep their type so retry_transient can judge them.
     """
     from svgt.cli import build_parser
-    from svgt.config import load_params
+    from svgt.core.params import load_params
 
     args = build_parser().parse_args(["--params", str(params_path), *argv])
     with _svgt_logs_to_run_log():
@@ -248,7 +248,7 @@ def register(params_path: str) -> dict[str, Any]:
     Publishes the gate report. A failed gate raises GatesFailed (never retried) whose message names each
     gate with its measured value and threshold; nothing is registered then.
     """
-    from svgt.gates import format_gate_report, read_gate_report
+    from svgt.eval.gates import format_gate_report, read_gate_report
 
     started = time.time()
     try:
@@ -280,9 +280,9 @@ def unchanged_since(params_path: str) -> dict[str, Any] | None:
     backbone, params, code), or None. Run after ingest and backbone; a retrain that finds one has nothing to do."""
     import dataclasses
 
-    from svgt.build_inputs import checkout_build_inputs
-    from svgt.config import load_params
-    from svgt.registry import built_from
+    from svgt.core.params import load_params
+    from svgt.registry.build_inputs import checkout_build_inputs
+    from svgt.registry.versions import built_from
 
     params = load_params(params_path)
     try:
@@ -344,9 +344,9 @@ def _publish_gates(text: str) -> None:
 def _alias_version(params_path: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
     """The registry's view of ``models:/NAME@alias`` (what the step just set) in params' registry or in
     ``tracking_uri``; None (logged) if unreadable."""
-    from svgt.config import load_params
-    from svgt.registry_uri import mlflow_client
-    from svgt.urls import redact_url
+    from svgt.core.params import load_params
+    from svgt.core.urls import redact_url
+    from svgt.registry.uri import mlflow_client
 
     cfg = load_params(params_path).registry
     uri = tracking_uri or cfg.tracking_uri

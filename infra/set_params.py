@@ -1,4 +1,4 @@
-"""Apply dotted KEY=VALUE overrides to params.yaml, validated by svgt.config before anything is written.
+"""Apply dotted KEY=VALUE overrides to params.yaml, validated by svgt.core.params before anything is written.
 
     python infra/set_params.py train.ray.use_gpu=true train.ray.storage_path=s3://svgt-artifacts/ray
     python infra/set_params.py --file params.yaml --out /tmp/params.cluster.yaml train.ray.num_workers=2
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from svgt.config import ConfigError, Params, from_dict
+from svgt.core.params import ConfigError, Params, from_dict
 
 
 def leaf_keys(cls: type = Params, prefix: str = "") -> set[str]:
@@ -46,7 +46,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"{item!r}: expected KEY=VALUE (e.g. train.ray.use_gpu=true)")
     if key not in leaf_keys():
-        raise ConfigError(f"{key}: not a params key (see svgt/config.py)")
+        raise ConfigError(f"{key}: not a params key (see svgt/core/params.py)")
     try:
         return key, yaml.safe_load(raw) if raw else None
     except yaml.YAMLError as err:

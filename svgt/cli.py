@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from svgt.config import ConfigError, Params, load_params
-from svgt.method_names import ALL_METHODS
+from svgt.core.method_names import ALL_METHODS
+from svgt.core.params import ConfigError, Params, load_params
 
 if TYPE_CHECKING:  # the registry imports MLflow: only the register step pays for it
-    from svgt.registry import RegisteredVersion
+    from svgt.registry.versions import RegisteredVersion
 
 log = logging.getLogger("svgt")
 
@@ -92,7 +92,7 @@ def cmd_validate(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_extract(params: Params, args: argparse.Namespace) -> None:
-    from svgt.extract import extract_hidden_states
+    from svgt.extract.step import extract_hidden_states
 
     _require_validation(Path(args.validation), Path(args.data))
     summary = extract_hidden_states(Path(args.backbone), Path(args.data), params.extract, Path(args.out))
@@ -108,7 +108,7 @@ def cmd_extract(params: Params, args: argparse.Namespace) -> None:
         "prompts_truncated": summary.prompt_truncated,
         "responses_truncated": summary.response_truncated,
     }
-    from svgt.io import write_json_atomic
+    from svgt.core.io import write_json_atomic
 
     write_json_atomic(Path(args.metrics) / "extract.json", metrics)
     print(json.dumps(metrics))
@@ -116,7 +116,7 @@ def cmd_extract(params: Params, args: argparse.Namespace) -> None:
 
 def cmd_baselines(params: Params, args: argparse.Namespace) -> None:
     from svgt.baselines import fit_baselines
-    from svgt.io import write_json_atomic
+    from svgt.core.io import write_json_atomic
 
     summary = fit_baselines(Path(args.backbone), Path(args.data), params.baselines, Path(args.out))
     write_json_atomic(Path(args.metrics) / "baselines.json", summary)
@@ -178,9 +178,9 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_judge(params: Params, args: argparse.Namespace) -> None:
+    from svgt.core.io import write_json_atomic
     from svgt.eval.judges import write_refusal_judge_report
     from svgt.eval.judges.classifier import train_harm_classifier
-    from svgt.io import write_json_atomic
 
     cache = Path(params.backbone.cache_dir)
     refusal = write_refusal_judge_report(cache, args.metrics / "refusal_judge.json")
@@ -204,8 +204,8 @@ def cmd_register(params: Params, args: argparse.Namespace) -> RegisteredVersion:
     import dataclasses
     import subprocess
 
-    from svgt.gates import check_gates, format_gate_report, write_gate_report
-    from svgt.registry import register_module
+    from svgt.eval.gates import check_gates, format_gate_report, write_gate_report
+    from svgt.registry.versions import register_module
 
     report = check_gates(args.metrics, params.gates)
     write_gate_report(report, args.metrics / "gates.json")
@@ -226,7 +226,7 @@ def cmd_register(params: Params, args: argparse.Namespace) -> RegisteredVersion:
 def cmd_promote(params: Params, args: argparse.Namespace) -> None:
     import dataclasses
 
-    from svgt.registry import promote
+    from svgt.registry.versions import promote
 
     src = params.registry
     if args.to_tracking_uri is None:
@@ -235,8 +235,8 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> None:
         version = promote(src, alias=args.alias, version=args.version, from_alias=args.from_alias)
         print(f"{src.model_name}@{args.alias} -> version {version}")
         return
-    from svgt.registry import copy_version
-    from svgt.urls import redact_url
+    from svgt.core.urls import redact_url
+    from svgt.registry.versions import copy_version
 
     dst = dataclasses.replace(src, tracking_uri=args.to_tracking_uri, model_name=args.to_model_name or src.model_name,
                               experiment=args.to_experiment or src.experiment)
@@ -247,7 +247,7 @@ def cmd_promote(params: Params, args: argparse.Namespace) -> None:
 
 def _require_validation(report_dir: Path, data: Path) -> None:
     """Downstream steps refuse data whose validation did not pass, never ran, or validated other bytes."""
-    from svgt.io import sha256_file
+    from svgt.core.io import sha256_file
 
     summary = report_dir / "validation_summary.json"
     try:
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(err: BaseException) -> int:
     """The exit code for an error that ended a step (see EXIT_CODES)."""
-    from svgt.retry import is_connection_error
+    from svgt.core.retry import is_connection_error
 
     if isinstance(err, GatesFailed):
         return EXIT_GATES_FAILED

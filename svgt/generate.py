@@ -81,7 +81,7 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
     model, tokenizer, manifest = load_snapshot(backbone_dir)
     module = None
     if module_uri is not None and needs_module(method):
-        from svgt.registry_uri import resolve_module_uri
+        from svgt.registry.uri import resolve_module_uri
 
         module, _ = load_value_module(resolve_module_uri(module_uri, tracking_uri),
                                       expected_backbone_sha256=manifest.weights_sha256)

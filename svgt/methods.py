@@ -16,14 +16,14 @@ from transformers import PreTrainedModel
 
 from svgt.backbone.runner import BlockRunner
 from svgt.baselines import BASELINE_METHODS, Baseline, generate_with_baseline, load_baseline
-from svgt.generation import GenerationOutput
-from svgt.guidance import METHODS as MODULE_METHODS
-from svgt.guidance import generate_with_module
-from svgt.method_names import ALL_METHODS, BASELINE_NAMES
+from svgt.core.method_names import ALL_METHODS, BASELINE_NAMES
+from svgt.decoding.guidance import METHODS as MODULE_METHODS
+from svgt.decoding.guidance import generate_with_module
+from svgt.decoding.loop import GenerationOutput
 from svgt.model import ValueModule
 
 if set(BASELINE_NAMES) != set(BASELINE_METHODS):  # one list for the CLI, one registry: they must agree
-    raise ImportError(f"svgt.method_names lists {BASELINE_NAMES}, the baseline registry has {BASELINE_METHODS}")
+    raise ImportError(f"svgt.core.method_names lists {BASELINE_NAMES}, the baseline registry has {BASELINE_METHODS}")
 
 
 class MethodError(ValueError):

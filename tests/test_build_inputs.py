@@ -1,12 +1,12 @@
-"""The build-inputs hash a retrain compares with registered versions (svgt.build_inputs)."""
+"""The build-inputs hash a retrain compares with registered versions (svgt.registry.build_inputs)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import svgt
-from svgt.build_inputs import BuildInputs, build_inputs, code_sha256, params_sha256
-from svgt.config import Params
+from svgt.core.params import Params
+from svgt.registry.build_inputs import BuildInputs, build_inputs, code_sha256, params_sha256
 
 PARAMS = {"model": {"d_v": 16, "heads": 2}, "train": {"seed": 0}, "registry": {"tracking_uri": "sqlite:///a.db"}}
 
@@ -55,8 +55,8 @@ def test_checkout_inputs_read_the_data_file_and_backbone_manifest(tmp_path):
 
     import pytest
 
-    from svgt.build_inputs import checkout_build_inputs
-    from svgt.io import sha256_file
+    from svgt.core.io import sha256_file
+    from svgt.registry.build_inputs import checkout_build_inputs
 
     data, backbone = tmp_path / "values.parquet", tmp_path / "backbone"
     with pytest.raises(ValueError, match=r"backbone/manifest.json: cannot read the backbone's weights_sha256"):

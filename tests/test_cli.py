@@ -19,9 +19,9 @@ from svgt.cli import (
     exit_code,
     main,
 )
-from svgt.config import ConfigError
-from svgt.io import disk_full_error
-from svgt.retry import RetryError
+from svgt.core.io import disk_full_error
+from svgt.core.params import ConfigError
+from svgt.core.retry import RetryError
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

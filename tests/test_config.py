@@ -1,6 +1,6 @@
 import pytest
 
-from svgt.config import ConfigError, Params, load_params
+from svgt.core.params import ConfigError, Params, load_params
 
 
 def write(tmp_path, text):

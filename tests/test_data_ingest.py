@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from svgt.config import DataConfig, IngestSource
+from svgt.core.params import DataConfig, IngestSource
 from svgt.data.adapters import ADAPTERS, AdapterError, adapt, stable_id
 from svgt.data.card import Provenance, summary_path, write_dataset_card
 from svgt.data.ingest import coerce_canonical, dedupe, run_ingest, unique_ids

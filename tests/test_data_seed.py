@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from svgt.config import DataConfig
+from svgt.core.params import DataConfig
 from svgt.data import benign
 from svgt.data.card import summary_path
 from svgt.data.ingest import IngestSummary, run_ingest

@@ -6,9 +6,9 @@ from tiny import canonical_frame
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.text import encode_prompt
-from svgt.config import ExtractConfig
-from svgt.extract import extract_hidden_states
-from svgt.hidden_states import HiddenStateStore
+from svgt.core.params import ExtractConfig
+from svgt.extract.step import extract_hidden_states
+from svgt.extract.store import HiddenStateStore
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,8 @@ def test_embedded_extraction_default_layer(tmp_path, embedded_snapshot):
 def test_closed_gate_bridge_barely_changes_the_backbone(embedded_snapshot):
     """A bridge whose gate is closed inserts K copies of h_v: the next-token distribution barely moves."""
     from svgt.backbone.runner import BlockRunner
-    from svgt.generation import guided_generate
-    from svgt.guidance import generate_with_module
+    from svgt.decoding.guidance import generate_with_module
+    from svgt.decoding.loop import guided_generate
     from svgt.model import ValueModule, ValueModuleConfig
 
     model, tok, _ = load_snapshot(embedded_snapshot[0])

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from svgt.backbone import load_snapshot
-from svgt.config import EvaluateConfig
+from svgt.core.params import EvaluateConfig
 from svgt.eval.guidance_eval import evaluate_guidance, rate, wilson
-from svgt.eval.refusal import RefusalJudge
+from svgt.eval.judges.refusal import RefusalJudge
 from svgt.model import ValueModule, ValueModuleConfig, save_value_module
 
 
@@ -42,7 +42,7 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     import pandas as pd
 
     from svgt.baselines import fit_baselines_on
-    from svgt.config import BaselinesConfig
+    from svgt.core.params import BaselinesConfig
 
     model, tok, manifest = load_snapshot(tiny_pipeline / "backbone")
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
     assert len(rows) == (len(methods) + 1) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
     # batches are formed by prompt length; every answer must still sit next to its own prompt
-    from svgt.guidance import generate_with_module
+    from svgt.decoding.guidance import generate_with_module
 
     for row in (r for r in rows if r["method"] == "none"):
         alone = generate_with_module(model, tok, [row["prompt"]], module=None, method="none", max_new_tokens=4)
@@ -137,7 +137,7 @@ def test_a_baseline_fitted_on_other_backbone_weights_is_refused(tiny_pipeline, t
     import pandas as pd
 
     from svgt.baselines import BaselineError, fit_baselines_on
-    from svgt.config import BaselinesConfig
+    from svgt.core.params import BaselinesConfig
     from svgt.methods import load_method
 
     model, tok, manifest = load_snapshot(tiny_pipeline / "backbone")
@@ -157,8 +157,8 @@ def test_generate_sets_batches_by_length_but_keeps_each_answer_with_its_prompt()
     budget), and the answers and harmful-set scores come back in each set's order."""
     from types import SimpleNamespace
 
+    from svgt.decoding.prompt_pass import PromptPassCache
     from svgt.eval.guidance_eval import generate_sets
-    from svgt.generation import PromptPassCache
 
     batches = []
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from tiny import save_tiny_model_dir
 
-import svgt.eval.refusal
+import svgt.eval.judges.refusal
 from svgt.eval.judges import HarmJudge, HarmVerdict, VerdictSet, run_judge
 from svgt.eval.judges import refusal as judges_refusal
 from svgt.eval.judges.classifier import (
@@ -42,8 +42,8 @@ def tiny_judge(tiny_judge_dir):
 
 
 def test_refusal_module_reexports_the_moved_judge():
-    assert svgt.eval.refusal.RefusalJudge is judges_refusal.RefusalJudge
-    assert svgt.eval.refusal.REFUSAL_PHRASES is judges_refusal.REFUSAL_PHRASES
+    assert svgt.eval.judges.refusal.RefusalJudge is judges_refusal.RefusalJudge
+    assert svgt.eval.judges.refusal.REFUSAL_PHRASES is judges_refusal.REFUSAL_PHRASES
 
 
 def test_wildguard_prompt_is_the_documented_format(tiny_judge):
@@ -278,7 +278,7 @@ def test_refusal_judge_on_pyrit_human_labels(tmp_path):
 @pytest.mark.integration
 def test_train_harm_classifier_on_the_pyrit_wheel(tmp_path):
     """On the real seed set (built here as `svgt ingest` builds it) and the real PyRIT wheel."""
-    from svgt.config import DataConfig
+    from svgt.core.params import DataConfig
     from svgt.data.ingest import run_ingest
 
     values = tmp_path / "values.parquet"

@@ -10,6 +10,7 @@ from tiny import make_model, make_tokenizer
 
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.eval.judges.base import HarmVerdict, VerdictSet
+from svgt.eval.judges.refusal import RefusalJudge
 from svgt.eval.metrics import (
     attack_success_rate,
     auroc,
@@ -25,7 +26,6 @@ from svgt.eval.metrics import (
 )
 from svgt.eval.plots import plot_main_table, plot_score_trajectories
 from svgt.eval.prompt_sets import load_harmbench_behaviors
-from svgt.eval.refusal import RefusalJudge
 from svgt.eval.report import render_main_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -274,7 +274,7 @@ def test_response_nll_sums_shares_each_prompt_across_response_sets():
     # prompts opening with a common system turn: the shared-prefix path (run once, then each prompt's rest)
     system = "You are a careful assistant. Answer briefly and well. "
     long_prompts = [system + p for p in prompts]
-    from svgt.generation import prompt_layout
+    from svgt.decoding.prompt_pass import prompt_layout
 
     assert prompt_layout([encode_prompt(tok, p) for p in long_prompts[:2]], 0)[2] >= 8
     _check_against_single(model, tok, long_prompts, sets, response_nll_sums(model, tok, long_prompts, sets,

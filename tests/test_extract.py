@@ -5,16 +5,12 @@ import torch
 from tiny import FAMILIES, canonical_frame, make_model, make_tokenizer, save_tiny_model_dir
 
 from svgt.backbone import LayerAdapter, build_snapshot, load_snapshot
+from svgt.backbone.batching import shared_prefix_length
 from svgt.backbone.text import encode_prompt, encode_response
-from svgt.config import BackboneConfig, ExtractConfig
-from svgt.extract import (
-    ExtractionError,
-    batch_hidden_states,
-    encode_example,
-    extract_hidden_states,
-    shared_prefix_length,
-)
-from svgt.hidden_states import HiddenStateStore
+from svgt.core.params import BackboneConfig, ExtractConfig
+from svgt.extract.shards import batch_hidden_states, encode_example
+from svgt.extract.step import extract_hidden_states
+from svgt.extract.store import ExtractionError, HiddenStateStore
 
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is 12 times 7?",
            "Write a haiku about the sea, please, with waves and gulls and tide.", "Hi",
@@ -191,7 +187,7 @@ def test_ray_data_path_matches_local_path(tmp_path, tiny_snapshot, canonical_par
 def test_store_refuses_non_finite_states(tmp_path, tiny_snapshot, canonical_parquet):
     from safetensors.torch import load_file, save_file
 
-    from svgt.io import sha256_file
+    from svgt.core.io import sha256_file
 
     out = tmp_path / "hidden"
     extract_hidden_states(tiny_snapshot, canonical_parquet, ExtractConfig(layer=2, shard_size=50), out, progress=False)
@@ -210,7 +206,7 @@ def test_store_refuses_non_finite_states(tmp_path, tiny_snapshot, canonical_parq
 def test_extract_cli_refuses_data_that_did_not_pass_validation(tmp_path, tiny_snapshot, canonical_parquet, capsys):
     """`svgt extract` reads states only from data whose validation passed on exactly these bytes."""
     from svgt.cli import main
-    from svgt.io import sha256_file
+    from svgt.core.io import sha256_file
 
     report = tmp_path / "validation"
     report.mkdir()

@@ -37,11 +37,11 @@ from test_faults_s3 import free_port
 from test_flows import make_checkout
 
 from svgt.backbone.sources import BackboneError, parse_source
-from svgt.config import load_params
-from svgt.gates import GateReport, GateResult, write_gate_report
-from svgt.registry import register_module
-from svgt.registry_uri import RegistryError, mlflow_client, resolve_module_uri
-from svgt.retry import RetryError, RetryPolicy, retry_call
+from svgt.core.params import load_params
+from svgt.core.retry import RetryError, RetryPolicy, retry_call
+from svgt.eval.gates import GateReport, GateResult, write_gate_report
+from svgt.registry.uri import RegistryError, mlflow_client, resolve_module_uri
+from svgt.registry.versions import register_module
 
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIASVGTFAKELEAK0001",
@@ -280,7 +280,7 @@ def test_inline_url_credentials_are_refused_and_redacted(caplog):
     def refused() -> None:
         raise ConnectionRefusedError(111, "cannot reach http://bob:inlineSecret99@minio:9000/bucket")
 
-    with caplog.at_level(logging.WARNING, logger="svgt.retry"), pytest.raises(RetryError) as info:
+    with caplog.at_level(logging.WARNING, logger="svgt.core.retry"), pytest.raises(RetryError) as info:
         retry_call(
             refused,
             "reading s3://KEY:inlineSecret99@bucket/x",

@@ -2,7 +2,7 @@
 
 Each test runs twice. ``tmpfs``: the output goes to a real, small tmpfs (where the test process may mount:
 root with CAP_SYS_ADMIN, as in our containers and CI), so the write fails with the kernel's own ENOSPC
-from ``svgt.io.save_safetensors``'s file writes; skipped, and reported, where mounting is not allowed.
+from ``svgt.core.io.save_safetensors``'s file writes; skipped, and reported, where mounting is not allowed.
 ``simulated``: ``save_safetensors`` is wrapped where extraction and module saving call it, to write part of
 the file and raise OSError(ENOSPC) once the directory would exceed the same size limit (a mock, for machines
 that cannot mount; run here too so that it cannot rot unnoticed).
@@ -20,13 +20,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import svgt.extract
+import svgt.extract.shards
+import svgt.extract.store
 import svgt.model.module
-from svgt.config import ExtractConfig
+from svgt.core.io import DiskFullError
+from svgt.core.params import ExtractConfig
 from svgt.data.schema import SPLITS
-from svgt.extract import extract_hidden_states
-from svgt.hidden_states import HiddenStateStore
-from svgt.io import DiskFullError
+from svgt.extract.step import extract_hidden_states
+from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module, save_value_module
 
 pytestmark = pytest.mark.faults
@@ -43,7 +44,7 @@ class SmallDisk:
     """A directory with a byte limit: a real tmpfs, or a simulated one."""
 
     # where the writers look ``save_safetensors`` up (they import the name): the simulation wraps it there
-    WRITERS = (svgt.extract, svgt.model.module)
+    WRITERS = (svgt.extract.shards, svgt.model.module)
 
     def __init__(self, path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
         self.path, self.real = path, kind == "tmpfs"
@@ -130,7 +131,7 @@ def test_disk_full_mid_extraction_then_rerun_completes(tiny_pipeline, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == sorted(s.name for s in shards[:3])
     assert all(same_shard(out / s.name, s) for s in shards[:3])
     assert not (out / "index.json").exists()
-    with pytest.raises(svgt.extract.ExtractionError, match="no index.json; run `svgt extract` first"):
+    with pytest.raises(svgt.extract.store.ExtractionError, match="no index.json; run `svgt extract` first"):
         HiddenStateStore(out)
 
     small_disk.resize(64 << 20)  # space returns: the rerun keeps the finished shards and writes the rest

@@ -31,7 +31,7 @@ import pytest
 import torch
 import yaml
 
-from svgt.config import load_params
+from svgt.core.params import load_params
 from svgt.model import load_value_module
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession

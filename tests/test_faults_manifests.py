@@ -19,8 +19,8 @@ from tiny import save_tiny_model_dir
 
 from svgt.backbone import build_snapshot, load_snapshot
 from svgt.backbone.sources import BackboneError
-from svgt.config import BackboneConfig
-from svgt.hidden_states import ExtractionError, HiddenStateStore
+from svgt.core.params import BackboneConfig
+from svgt.extract.store import ExtractionError, HiddenStateStore
 from svgt.model import ValueModule, ValueModuleConfig, ValueModuleError, load_value_module, save_value_module
 
 pytestmark = pytest.mark.faults

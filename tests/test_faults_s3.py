@@ -3,7 +3,7 @@
 A real S3-compatible server (moto's, on loopback) is stopped and started again on the same port; moto keeps
 its buckets in process memory, so what was uploaded is still there when it comes back. botocore's own retry
 loop is switched off in the storage options (``max_attempts: 1``) so each of our attempts is one request and
-the test sees svgt.retry's backoff, not botocore's.
+the test sees svgt.core.retry's backoff, not botocore's.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from moto.server import ThreadedMotoServer
 from tiny import save_tiny_model_dir
 
 from svgt.backbone import build_snapshot
-from svgt.config import BackboneConfig
-from svgt.retry import RetryError, RetryPolicy, is_connection_error, retry_call
+from svgt.core.params import BackboneConfig
+from svgt.core.retry import RetryError, RetryPolicy, is_connection_error, retry_call
 
 pytestmark = pytest.mark.faults
 
@@ -120,7 +120,7 @@ def test_s3_backbone_survives_an_outage_then_loads(tmp_path, aws_env, monkeypatc
 
     messages: list[str] = []
     handler = ComesBackAfterTwoFailures()
-    logging.getLogger("svgt.retry").addHandler(handler)
+    logging.getLogger("svgt.core.retry").addHandler(handler)
     monkeypatch.setenv("SVGT_RETRY_ATTEMPTS", "6")
     monkeypatch.setenv("SVGT_RETRY_BASE_DELAY", "0.5")
     try:
@@ -130,7 +130,7 @@ def test_s3_backbone_survives_an_outage_then_loads(tmp_path, aws_env, monkeypatc
             storage_options=storage_options(endpoint),
         )
     finally:
-        logging.getLogger("svgt.retry").removeHandler(handler)
+        logging.getLogger("svgt.core.retry").removeHandler(handler)
         restarted.stop()
     assert len(messages) == 2  # two failed attempts, success on the third
     assert messages[0].startswith("listing s3://outage/models/tiny failed (EndpointConnectionError: ")

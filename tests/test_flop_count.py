@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flop_count import MatmulFlopCounter
 from tiny import make_model, make_tokenizer
 
 from svgt.backbone.runner import BlockRunner
-from svgt.flop_count import MatmulFlopCounter
-from svgt.generation import guided_generate
+from svgt.decoding.loop import guided_generate
 
 LAYER, K, TOKENS = 2, 3, 9
 PROMPTS = ["How do I bake bread?", "Hi", "Write a haiku about the sea, please."]

@@ -25,7 +25,7 @@ import torch
 import yaml
 from tiny import canonical_frame
 
-from svgt.io import sha256_file
+from svgt.core.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE_SHA = "c" * 64
@@ -76,12 +76,12 @@ class Pipeline:
         import svgt.baselines
         import svgt.data.ingest
         import svgt.data.validation
+        import svgt.eval.gates
         import svgt.eval.guidance_eval
         import svgt.eval.judges
         import svgt.eval.judges.classifier
-        import svgt.extract
-        import svgt.gates
-        import svgt.registry
+        import svgt.extract.step
+        import svgt.registry.versions
         import svgt.training.step
         from flows import tasks
 
@@ -90,15 +90,15 @@ class Pipeline:
         self.extract_failures_left = extract_transient_failures
         for module, name, label in ((svgt.data.ingest, "run_ingest", "ingest"),
                                     (svgt.data.validation, "validate_dataset", "validate"),
-                                    (svgt.gates, "check_gates", "gates"),
-                                    (svgt.registry, "register_module", "register"),
-                                    (svgt.registry, "promote", "promote")):
+                                    (svgt.eval.gates, "check_gates", "gates"),
+                                    (svgt.registry.versions, "register_module", "register"),
+                                    (svgt.registry.versions, "promote", "promote")):
             monkeypatch.setattr(module, name, self._record(label, inspect.unwrap(getattr(module, name))))
         monkeypatch.setattr(svgt.backbone, "build_snapshot", self._record("backbone", self.fake_backbone))
         monkeypatch.setattr(svgt.baselines, "fit_baselines", self._record("baselines", self.fake_baselines))
         monkeypatch.setattr(svgt.eval.judges, "write_refusal_judge_report", self._record("judge", self.fake_refusal))
         monkeypatch.setattr(svgt.eval.judges.classifier, "train_harm_classifier", self.fake_harm_judge)
-        monkeypatch.setattr(svgt.extract, "extract_hidden_states", self._record("extract", self.fake_extract))
+        monkeypatch.setattr(svgt.extract.step, "extract_hidden_states", self._record("extract", self.fake_extract))
         monkeypatch.setattr(svgt.training.step, "train_stage", self._record("train", self.fake_train))
         monkeypatch.setattr(svgt.eval.guidance_eval, "evaluate_guidance", self._record("evaluate", self.fake_eval))
         for name in STEP_TASKS:  # same tasks, no waiting between retries
@@ -138,7 +138,7 @@ class Pipeline:
         return {"held_out": {"accuracy": 0.7}}
 
     def fake_extract(self, backbone_dir, data_path, cfg, out_dir, **kwargs):
-        from svgt.extract import ExtractionSummary
+        from svgt.extract.step import ExtractionSummary
 
         if self.extract_failures_left:
             self.extract_failures_left -= 1
@@ -455,7 +455,7 @@ def test_retrain_runs_the_training_flow_as_a_subflow(prefect_server, tmp_path, m
     (ValueError("bad data"), False),
     (KeyError("k"), False),
     (RuntimeError("bug"), False),
-    # the same rule as svgt.retry: a full disk or a read-only filesystem will not go away by itself
+    # the same rule as svgt.core.retry: a full disk or a read-only filesystem will not go away by itself
     (OSError(28, "No space left on device"), False),
     (OSError(30, "Read-only file system"), False),
 ])
@@ -470,7 +470,7 @@ def test_retry_condition(exc, retry):
 def test_retry_condition_follows_causes_but_never_retries_step_failures():
     from flows.tasks import GatesFailed, is_transient
     from svgt.cli import StepFailed
-    from svgt.registry_uri import RegistryError
+    from svgt.registry.uri import RegistryError
 
     try:
         try:
@@ -647,7 +647,7 @@ def test_a_step_that_fills_the_disk_is_not_retried(prefect_server, tmp_path, mon
     from prefect import flow
 
     from flows import tasks
-    from svgt.io import disk_full_error
+    from svgt.core.io import disk_full_error
 
     calls = []
 

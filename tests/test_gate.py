@@ -21,7 +21,8 @@ from test_generation import (
 )
 from tiny import FAMILIES
 
-from svgt.generation import GenerationError, reference_guided_logits
+from svgt.decoding.loop import GenerationError
+from svgt.decoding.reference import reference_guided_logits
 
 STEPS = 8
 
@@ -130,7 +131,7 @@ def test_value_guidance_gate_guides_exactly_the_rows_scoring_above_their_thresho
     progress is judged (in its prompt's context) against the answer threshold; no threshold guides all."""
     import dataclasses
 
-    from svgt.guidance import ValueGuidance
+    from svgt.decoding.guidance import ValueGuidance
     from svgt.model import ValueModule, ValueModuleConfig
 
     torch.manual_seed(0)

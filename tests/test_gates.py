@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from svgt.config import GatesConfig
-from svgt.gates import GateError, GateReport, check_gates, format_gate_report, read_gate_report, write_gate_report
+from svgt.core.params import GatesConfig
+from svgt.eval.gates import GateError, GateReport, check_gates, format_gate_report, read_gate_report, write_gate_report
 
 
 def _rate(rate):

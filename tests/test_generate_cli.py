@@ -5,8 +5,8 @@ import torch
 
 from svgt.backbone import load_snapshot
 from svgt.cli import main
-from svgt.generation import guided_generate
-from svgt.guidance import ValueGuidance, generate_with_module, prompt_states
+from svgt.decoding.guidance import ValueGuidance, generate_with_module, prompt_states
+from svgt.decoding.loop import guided_generate
 from svgt.model import ValueModule, ValueModuleConfig, save_value_module
 
 PROMPTS = ["How do I bake bread?", "Explain how to attack and hurt people: tell me about locks", "Hi"]
@@ -129,9 +129,9 @@ def test_generate_refuses_module_of_another_backbone(tiny_pipeline, tmp_path, ca
 
 def test_generate_serves_a_module_from_another_registry(tiny_pipeline, module_dir, tmp_path, capsys, monkeypatch):
     """A production registry other than params' (where `svgt promote --to-tracking-uri` copies versions)."""
-    from svgt.config import RegistryConfig
-    from svgt.gates import GateReport
-    from svgt.registry import promote, register_module
+    from svgt.core.params import RegistryConfig
+    from svgt.eval.gates import GateReport
+    from svgt.registry.versions import promote, register_module
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     prod = RegistryConfig(tracking_uri=f"sqlite:///{tmp_path / 'prod.db'}", model_name="m", experiment="e")

@@ -18,16 +18,10 @@ from tiny import FAMILIES, make_tokenizer, tiny_config
 from transformers import AutoModelForCausalLM
 
 from svgt.backbone import LayerAdapter
+from svgt.backbone.batching import pad_batch
 from svgt.backbone.runner import BlockRunner
-from svgt.extract import pad_batch
-from svgt.generation import (
-    GenerationError,
-    GuidanceSchedule,
-    guided_generate,
-    nucleus_mask,
-    reference_guided_logits,
-    select_next,
-)
+from svgt.decoding.loop import GenerationError, GuidanceSchedule, guided_generate, nucleus_mask, select_next
+from svgt.decoding.reference import reference_guided_logits
 
 LAYER = 2  # l* of the 4-layer tiny models: blocks 1-2 below the bridge, 3-4 above
 K = 3
@@ -365,7 +359,7 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(family, method):
     prefix = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]
     prompts = [prefix + [int(i) for i in tok(p)["input_ids"]] for p in PROMPTS]
     assert len(prefix) >= 8 and len({len(p) for p in prompts}) == len(prompts)
-    from svgt.generation import prompt_layout
+    from svgt.decoding.prompt_pass import prompt_layout
 
     assert prompt_layout(prompts, 0)[2] >= len(prefix)  # the shared path is the one under test
 
@@ -377,7 +371,7 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(family, method):
 
 
 def test_prompt_layout_puts_the_shared_prefix_first():
-    from svgt.generation import prompt_layout
+    from svgt.decoding.prompt_pass import prompt_layout
 
     ids, mask, shared = prompt_layout([[5, 6, 7, 8, 1], [5, 6, 7, 8, 2, 3]], pad_id=0, min_shared=3)
     assert shared == 4
@@ -402,7 +396,7 @@ def test_grouped_prefill_merged_into_one_decode_batch_changes_nothing(family, me
     texts = ["Hi", "How do I bake bread?", "Write a haiku about the sea, please.",
              "Explain, step by step and with care, why the sky looks blue at noon but red at dusk."]
     prompts = [prefix + [int(i) for i in tok(p)["input_ids"]] for p in texts]
-    from svgt.generation import prompt_groups
+    from svgt.decoding.prompt_pass import prompt_groups
 
     groups = prompt_groups(prompts, 0, 8, max_tokens=2 * len(prompts[1]))
     assert [g.ids.shape[0] for g in groups] == [2, 1, 1]  # the path under test: several groups
@@ -417,7 +411,7 @@ def test_grouped_prefill_merged_into_one_decode_batch_changes_nothing(family, me
 
 
 def test_prompt_groups_cut_by_token_budget_and_padding():
-    from svgt.generation import PREFILL_PADDING_SLACK, prompt_groups
+    from svgt.decoding.prompt_pass import PREFILL_PADDING_SLACK, prompt_groups
 
     lengths = [4, 4, 5, 9, 10, 30]
     prompts = [[7] * n for n in lengths]
@@ -437,7 +431,7 @@ def test_prompt_pass_cache_shared_by_methods_changes_nothing(family):
     every call after the first reuses the plain prompt pass (hits counted), and each method's logits,
     tokens and scores equal its run without the cache, so reuse neither leaks one method's bridge or
     delta into another's nor changes the stored passes."""
-    from svgt.generation import PromptPassCache
+    from svgt.decoding.prompt_pass import PromptPassCache
 
     tok = tokenizer()
     prefix = [int(i) for i in tok("You are a careful assistant. Answer briefly and well.")["input_ids"]]

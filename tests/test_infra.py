@@ -1,7 +1,7 @@
 """infra/ against the code: every command in the cluster files and docs goes through the real parser.
 
 `svgt ...` through svgt.cli.build_parser(), `dvc ...` through DVC's own parser, `ray ...` through Ray's click
-commands, params overrides through svgt.config; then image names, versions, install steps and GPU counts
+commands, params overrides through svgt.core.params; then image names, versions, install steps and GPU counts
 are checked against constraints.txt, pyproject.toml, setup.sh and each other. No cluster, Docker or network.
 """
 
@@ -25,7 +25,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from svgt.cli import build_parser
-from svgt.config import Params, from_dict
+from svgt.core.params import Params, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -185,7 +185,7 @@ def check_set_params(argv: list[str], base: dict | None = None) -> dict:
     for item in args.overrides:
         key = item.partition("=")[0]
         if key not in LEAVES:
-            pytest.fail(f"`{shlex.join(argv)}`: {key!r} is not a key of svgt.config.Params")
+            pytest.fail(f"`{shlex.join(argv)}`: {key!r} is not a key of svgt.core.params.Params")
     try:
         return SET_PARAMS.apply_overrides(raw_params() if base is None else base, args.overrides)
     except ValueError as err:

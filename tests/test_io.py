@@ -1,10 +1,10 @@
-"""svgt.io: deterministic safetensors files (DVC compares outputs by their bytes)."""
+"""svgt.core.io: deterministic safetensors files (DVC compares outputs by their bytes)."""
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from svgt.io import save_safetensors
+from svgt.core.io import save_safetensors
 
 
 def test_save_safetensors_writes_the_same_bytes_for_the_same_content(tmp_path):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svgt.io import MANIFEST, file_checksums, write_json_atomic
+from svgt.core.io import MANIFEST, file_checksums, write_json_atomic
 from svgt.model import (
     BACKBONE_SHA256,
     Discriminator,

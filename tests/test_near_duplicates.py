@@ -61,7 +61,7 @@ def test_budget_threshold_keeps_at_most_the_budget_above_it():
 def test_calibrate_gate_meets_its_budget_on_validation_prompts_and_answers(tiny_pipeline):
     import torch
 
-    from svgt.hidden_states import HiddenStateStore
+    from svgt.extract.store import HiddenStateStore
     from svgt.model import ValueModule, ValueModuleConfig
     from svgt.training.calibrate import answer_scores, calibrate_gate
     from svgt.training.data import load_stage_examples
@@ -92,8 +92,8 @@ def test_gate_calibrated_on_the_backbones_own_answers_opens_within_budget_when_d
     import torch
 
     from svgt.backbone import load_snapshot
-    from svgt.guidance import generate_with_module
-    from svgt.hidden_states import HiddenStateStore
+    from svgt.decoding.guidance import generate_with_module
+    from svgt.extract.store import HiddenStateStore
     from svgt.model import ValueModule, ValueModuleConfig
     from svgt.training.calibrate import calibrate_gate
 

@@ -30,7 +30,7 @@ import yaml
 from ray.exceptions import AuthenticationError
 
 from svgt.cli import build_parser, main
-from svgt.config import RayConfig, load_params
+from svgt.core.params import RayConfig, load_params
 from svgt.model import load_value_module
 from svgt.training import submit
 from svgt.training.ray_runner import TrainingError, ensure_ray, is_job_server

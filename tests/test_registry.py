@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from svgt.config import GatesConfig, RegistryConfig
-from svgt.gates import GateReport, GateResult, check_gates
+from svgt.core.params import GatesConfig, RegistryConfig
+from svgt.eval.gates import GateReport, GateResult, check_gates
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module, save_value_module
-from svgt.registry import RegistryError, copy_version, promote, register_module
-from svgt.registry_uri import resolve_module_uri
+from svgt.registry.uri import resolve_module_uri
+from svgt.registry.versions import RegistryError, copy_version, promote, register_module
 
 SECRET = "supersecret123"
 BACKBONE_SHA = "a" * 64
@@ -113,7 +113,7 @@ def test_register_creates_version_with_challenger_tags_and_no_secrets(tmp_path, 
     assert tags["backbone_source"] == "pypi://tiny==0.1/tiny.gguf"
     assert tags["data_sha256"] == DATA_SHA
     assert tags["git_commit"] == "abc123"
-    from svgt.io import sha256_file
+    from svgt.core.io import sha256_file
 
     assert tags["manifest_sha256"] == sha256_file(module_dir / "manifest.json")
     assert json.loads(tags["gate_results"])["results"][0]["name"] == "min_harmful_refusal_gain"
@@ -250,7 +250,7 @@ def test_resolve_local_dir_and_fsspec_url(tmp_path):
 
 
 def test_failure_after_logging_leaves_no_promotable_version(tmp_path, store, monkeypatch):
-    import svgt.registry as registry
+    import svgt.registry.versions as registry
 
     cfg, artifacts = store
 
@@ -294,7 +294,7 @@ def test_identical_module_is_not_registered_twice(tmp_path, store, caplog):
     assert (first.version, other.version, first.reused, other.reused) == (1, 2, False, False)
 
     rebuilt = make_module_dir(tmp_path / "a-again", seed=1)  # same seed and metadata: same bytes
-    with caplog.at_level(logging.INFO, logger="svgt.registry"):
+    with caplog.at_level(logging.INFO, logger="svgt.registry.versions"):
         again = register_module(rebuilt, passing_report(), cfg, params=PARAMS, git_commit="c3",
                                 artifact_location=artifacts)
     assert (again.version, again.reused, again.aliases, again.run_id) == (1, True, ("challenger",), first.run_id)
@@ -304,7 +304,7 @@ def test_identical_module_is_not_registered_twice(tmp_path, store, caplog):
     other_params = {**PARAMS, "evaluate": {"methods": ["none"]}}  # rebuilt from other inputs: same bytes
     register_module(rebuilt, passing_report(), cfg, params=other_params, git_commit="c3",
                     artifact_location=artifacts)
-    from svgt.build_inputs import build_inputs
+    from svgt.registry.build_inputs import build_inputs
 
     newest = build_inputs(other_params, data_sha256=DATA_SHA, backbone_weights_sha256=BACKBONE_SHA)
     assert client.get_model_version(cfg.model_name, "1").tags["inputs_sha256"] == newest.sha256
@@ -409,8 +409,8 @@ def test_promote_cli_copies_into_another_registry(tmp_path, store, production_st
 
 
 def test_built_from_finds_the_version_registered_from_the_same_inputs(tmp_path, store):
-    from svgt.build_inputs import build_inputs
-    from svgt.registry import built_from
+    from svgt.registry.build_inputs import build_inputs
+    from svgt.registry.versions import built_from
 
     cfg, artifacts = store
     inputs = build_inputs(PARAMS, data_sha256=DATA_SHA, backbone_weights_sha256=BACKBONE_SHA)

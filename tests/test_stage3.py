@@ -7,8 +7,8 @@ from tiny import sharpen_attention
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
-from svgt.config import ModelConfig, Stage1Config, Stage2Config, Stage3Config, TrainConfig
-from svgt.hidden_states import HiddenStateStore
+from svgt.core.params import ModelConfig, Stage1Config, Stage2Config, Stage3Config, TrainConfig
+from svgt.extract.store import HiddenStateStore
 from svgt.model import save_value_module
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession
@@ -208,7 +208,7 @@ def test_prefix_cache_reuse_equals_recomputation(tiny_pipeline, stage2_module):
 def test_training_logits_equal_guided_decoding_logits_for_the_same_tokens(tiny_pipeline, stage2_module):
     """Stage 3 fits exactly what guided decoding computes: the teacher-forced logits of the bridge objective
     equal `guided_generate`'s logits along the same target tokens (forced, no refresh within the target)."""
-    from svgt.guidance import generate_with_module
+    from svgt.decoding.guidance import generate_with_module
     from svgt.training.stages import initial_module
 
     _, job = stage2_module

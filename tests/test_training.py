@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from svgt.config import ModelConfig, Stage1Config, Stage2Config, TrainConfig
+from svgt.core.params import ModelConfig, Stage1Config, Stage2Config, TrainConfig
 from svgt.model import save_value_module
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession
@@ -115,7 +115,7 @@ def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
 
 def test_stage2_uses_asymmetric_learning_rates_and_trains_only_encoder(tiny_pipeline, tmp_path):
     stage1 = discrimination_stage(job(tiny_pipeline), LocalSession(tmp_path / "s1"), progress_bar=False)
-    from svgt.hidden_states import HiddenStateStore
+    from svgt.extract.store import HiddenStateStore
 
     sha = HiddenStateStore(tiny_pipeline / "hidden").index["backbone"]["weights_sha256"]
     save_value_module(stage1, tmp_path / "m1", {"backbone_weights_sha256": sha})

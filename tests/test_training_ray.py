@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_training import MODEL, TRAIN
 
-from svgt.config import RayConfig, Stage1Config, TrainConfig
+from svgt.core.params import RayConfig, Stage1Config, TrainConfig
 from svgt.model import load_value_module
 from svgt.training.job import job_from_params
 from svgt.training.ray_runner import run_stage

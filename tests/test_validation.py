@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from svgt.config import StageMinimums, ValidateConfig
+from svgt.core.params import StageMinimums, ValidateConfig
 from svgt.data.schema import CANONICAL_SCHEMA
 from svgt.data.validation import (
     SUMMARY_NAME,

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from svgt.backbone.adapter import LayerAdapter
 from svgt.backbone.sources import DTYPES, BackboneError, load_from_source
-from svgt.config import BackboneConfig
-from svgt.io import MANIFEST, atomic_dir, file_checksums, sha256_file, write_json_atomic
+from svgt.core.io import MANIFEST, atomic_dir, file_checksums, sha256_file, write_json_atomic
+from svgt.core.params import BackboneConfig
 
 log = logging.getLogger(__name__)
 

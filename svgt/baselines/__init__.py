@@ -26,7 +26,7 @@ from svgt.backbone.runner import BlockRunner
 from svgt.baselines.base import Baseline, BaselineError, load_baseline
 from svgt.baselines.fit import fit_baselines, fit_baselines_on
 from svgt.baselines.registry import BASELINE_METHODS, BASELINES
-from svgt.generation import GenerationOutput, guided_generate
+from svgt.decoding.loop import GenerationOutput, guided_generate
 
 __all__ = [
     "BASELINES",

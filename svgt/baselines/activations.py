@@ -24,9 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from svgt.backbone.batching import pad_batch
 from svgt.backbone.text import encode_prompt, encode_response
 from svgt.baselines.hooks import block_parts, decoder_blocks, lm_head
-from svgt.extract import pad_batch
 
 PARTS = ("block_out", "attn_in", "mlp_in", "head_in")
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from svgt.backbone.text import encode_prompt
-from svgt.io import atomic_dir, save_safetensors, sha256_file
+from svgt.core.io import atomic_dir, save_safetensors, sha256_file
 
 FORMAT = "svgt-baseline/1"
 CONFIG = "baseline.json"

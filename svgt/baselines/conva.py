@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import decoder_blocks, edit_output
 from svgt.baselines.probes import fit_probe
-from svgt.config import ConVABaselineConfig
+from svgt.core.params import ConVABaselineConfig
 
 log = logging.getLogger(__name__)
 

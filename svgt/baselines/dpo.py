@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from svgt.backbone.batching import pad_batch
 from svgt.baselines.activations import Encoding
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import block_parts, decoder_blocks, module_path
-from svgt.config import DPOBaselineConfig
-from svgt.extract import pad_batch
+from svgt.core.params import DPOBaselineConfig
 
 log = logging.getLogger(__name__)
 

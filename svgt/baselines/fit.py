@@ -33,8 +33,8 @@ from svgt.baselines.probes import holdout_split
 from svgt.baselines.re_control import fit_re_control
 from svgt.baselines.registry import BASELINE_METHODS
 from svgt.baselines.system_prompt import SystemPromptBaseline
-from svgt.config import BaselinesConfig
-from svgt.io import sha256_file, without_timings, write_json_atomic
+from svgt.core.io import sha256_file, without_timings, write_json_atomic
+from svgt.core.params import BaselinesConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import add_at, block_parts, decoder_blocks, edit_input
 from svgt.baselines.probes import fit_probe
-from svgt.config import ITIBaselineConfig
+from svgt.core.params import ITIBaselineConfig
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from svgt.baselines.activations import Encoding, collect_activations
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import add_at, block_parts, decoder_blocks, edit_input
 from svgt.baselines.probes import fit_probe
-from svgt.config import NeVABaselineConfig
+from svgt.core.params import NeVABaselineConfig
 
 
 @dataclass

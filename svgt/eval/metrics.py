@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from svgt.backbone.batching import pad_batch
 from svgt.backbone.runner import BlockRunner, select_cache_rows
 from svgt.backbone.text import encode_prompt, encode_response
-from svgt.extract import pad_batch
-from svgt.generation import prompt_layout
+from svgt.decoding.prompt_pass import prompt_layout
 
 if TYPE_CHECKING:  # judges import metrics; the verdict type is only needed for annotations
     from svgt.eval.judges.base import VerdictSet

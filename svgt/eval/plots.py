@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svgt.io import atomic_path
+from svgt.core.io import atomic_path
 
 
 def _pyplot():

@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from svgt.config import ConfigError
-from svgt.config import from_dict as _typed_from_dict
+from svgt.core.params import ConfigError
+from svgt.core.params import from_dict as _typed_from_dict
 
 
 class ValueModuleError(ValueError):
@@ -55,7 +55,7 @@ class ValueModuleConfig:
     reg_margin: float = 0.2  # tau of the manifold regulariser
     refresh_interval: int = 5  # r: recompute the bridge every r generated tokens
     momentum: float = 0.8  # beta: weight of the OLD bridge in the momentum update
-    # when guidance acts (svgt/guidance.py): "off" guides every prompt (the paper); "fixed" / "calibrated" only
+    # when guidance acts (svgt/decoding/guidance.py): "off" guides every prompt (the paper); "fixed" / "calibrated" only
     # rows whose score s exceeds gate_threshold (judged on the prompt, then on the response so far at each
     # refresh); "calibrated": stage 3 sets gate_threshold so that at most gate_budget of the validation benign
     # prompts open the gate

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from svgt.io import MANIFEST, atomic_dir, file_checksums, save_safetensors, sha256_file, write_json_atomic
+from svgt.core.io import MANIFEST, atomic_dir, file_checksums, save_safetensors, sha256_file, write_json_atomic
 from svgt.model.bridge import InjectProjector, LatentValueBridge
 from svgt.model.config import ValueModuleConfig, ValueModuleError
 from svgt.model.correction import value_correction

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from svgt.hidden_states import HiddenStateStore
+from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule
 from svgt.training.data import SequenceExample, load_stage_examples
 from svgt.training.stages import score_examples
@@ -75,8 +75,8 @@ def decoded_answer_scores(module: ValueModule, model: Any, tokenizer: Any, promp
                           batch_size: int = 32) -> np.ndarray:
     """Per prompt: the highest score the gate's refreshes give the backbone's own greedy answer (prefixes of
     r, 2r, ... tokens while the answer lasts), from the decode loop itself with a gate that never opens."""
-    from svgt.generation import guided_generate
-    from svgt.guidance import ValueGuidance
+    from svgt.decoding.guidance import ValueGuidance
+    from svgt.decoding.loop import guided_generate
 
     cfg = module.config
     best = []

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from svgt.io import atomic_path, write_json_atomic
+from svgt.core.io import atomic_path, write_json_atomic
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"

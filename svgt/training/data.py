@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from svgt.data.schema import normalize_prompt, stage_mask
-from svgt.hidden_states import HiddenStateStore
+from svgt.extract.store import HiddenStateStore
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from svgt.config import RAY_PLACEMENT_KEYS, ModelConfig, TrainConfig, from_dict
+from svgt.core.params import RAY_PLACEMENT_KEYS, ModelConfig, TrainConfig, from_dict
 
 
 @dataclass(frozen=True)

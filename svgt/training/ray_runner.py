@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svgt.config import RayConfig
+from svgt.core.params import RayConfig
 from svgt.model import ValueModule
 from svgt.training.job import StageJob
 from svgt.training.stages import module_from_checkpoint

@@ -25,7 +25,7 @@ from svgt.backbone.runner import BlockRunner
 from svgt.backbone.snapshot import load_snapshot
 from svgt.backbone.text import encode_response
 from svgt.data.schema import stage_mask
-from svgt.hidden_states import HiddenStateStore
+from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule
 from svgt.model.bridge import manifold_regulariser
 from svgt.training.job import StageJob

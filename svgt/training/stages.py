@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from svgt.hidden_states import HiddenStateStore
+from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module
 from svgt.training.data import SequenceExample, collate, load_stage_examples
 from svgt.training.job import StageJob

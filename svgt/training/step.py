@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 
 from svgt.backbone.snapshot import load_snapshot
-from svgt.config import Params
-from svgt.hidden_states import HiddenStateStore
-from svgt.io import sha256_file, without_timings, write_json_atomic, write_text_atomic
+from svgt.core.io import sha256_file, without_timings, write_json_atomic, write_text_atomic
+from svgt.core.params import Params
+from svgt.extract.store import HiddenStateStore
 from svgt.model import save_value_module
 from svgt.model.module import load_value_module
 from svgt.training.calibrate import calibrate_gate

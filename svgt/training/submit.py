@@ -41,8 +41,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from svgt.config import Params, RayConfig
-from svgt.io import atomic_dir, file_checksums, sha256_file, write_text_atomic
+from svgt.core.io import atomic_dir, file_checksums, sha256_file, write_text_atomic
+from svgt.core.params import Params, RayConfig
 from svgt.training.ray_runner import TrainingError, configured_address, is_job_server, resolve_storage_path
 
 log = logging.getLogger(__name__)

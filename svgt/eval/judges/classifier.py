@@ -41,14 +41,14 @@ from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from svgt.core.io import atomic_dir, sha256_file
+from svgt.core.wheels import fetch_wheel, read_member
 from svgt.data.adapters import AdaptContext, parse_judge_verdict
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
 from svgt.data.seed import HARM_DIR, MANY_SHOT_MEMBER, OBJECTIVE_DIR, REFUSAL_MEMBERS, WHEELS
 from svgt.eval.judges.base import HarmVerdict, check_pairs
 from svgt.eval.metrics import auroc, binary_metrics
-from svgt.io import atomic_dir, sha256_file
-from svgt.wheels import fetch_wheel, read_member
 
 NAME = "svgt-tfidf-harm"
 FORMAT_VERSION = 1

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from svgt.backbone.batching import pad_batch
 from svgt.eval.judges.base import HarmVerdict, check_pairs
-from svgt.extract import pad_batch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ZWSP = "\u200b"

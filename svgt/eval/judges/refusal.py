@@ -22,11 +22,11 @@ from typing import Any
 
 import pandas as pd
 
+from svgt.core.io import write_json_atomic
+from svgt.core.wheels import fetch_wheel, read_member
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.seed import REFUSAL_MEMBERS, WHEELS
 from svgt.eval.metrics import binary_metrics
-from svgt.io import write_json_atomic
-from svgt.wheels import fetch_wheel, read_member
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm sorry", "i am sorry", "i apologize", "my apologies", "sorry, but", "sorry, i",

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svgt.build_inputs import BuildInputs, build_inputs
-from svgt.config import RegistryConfig
-from svgt.gates import GateReport, format_gate_report
-from svgt.io import MANIFEST, sha256_file
-from svgt.registry_uri import (
+from svgt.core.io import MANIFEST, sha256_file
+from svgt.core.params import RegistryConfig
+from svgt.eval.gates import GateReport, format_gate_report
+from svgt.registry.build_inputs import BuildInputs, build_inputs
+from svgt.registry.uri import (
     MODULE_ARTIFACT,
     ModelRef,
     RegistryError,
@@ -136,7 +136,7 @@ def _ensure_registered_model(client: Any, name: str) -> None:
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        client.create_registered_model(name, description="SVGT value modules (svgt.registry); aliases: "
+        client.create_registered_model(name, description="SVGT value modules (svgt.registry.versions); aliases: "
                                                           f"{CHALLENGER} = newest gate-passing, {PRODUCTION} = served")
 
 
@@ -211,7 +211,7 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     do not match its manifest. ``artifact_location`` is used only when ``cfg.experiment`` is created here
     (default: the tracking store's default artifact root). The new version gets alias ``challenger``.
     What the module was built from (its metadata's data and backbone hashes, ``params``, this code) is tagged
-    as ``inputs_sha256`` (see svgt.build_inputs), which ``built_from`` finds.
+    as ``inputs_sha256`` (see svgt.registry.build_inputs), which ``built_from`` finds.
 
     With ``cfg.reuse_identical``, a module whose manifest (the sha256 of every file) equals that of a
     gate-passed version already registered, and whose stored copy still verifies, is not registered again:
@@ -221,7 +221,8 @@ def register_module(module_dir: str | Path, gate_report: GateReport, cfg: Regist
     """
     module_dir = Path(module_dir)
     if not isinstance(gate_report, GateReport):
-        raise RegistryError(f"refusing to register {module_dir}: expected a GateReport from svgt.gates.check_gates, "
+        raise RegistryError(f"refusing to register {module_dir}: expected a GateReport from "
+                            "svgt.eval.gates.check_gates, "
                             f"got {type(gate_report).__name__}")
     if not gate_report.passed:
         failed = ", ".join(r.name for r in gate_report.failed) or "unknown"

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from svgt.config import GatesConfig
-from svgt.io import write_json_atomic
+from svgt.core.io import write_json_atomic
+from svgt.core.params import GatesConfig
 
 EVAL_FILE = "eval.json"
 STAGE2_FILE = "stage2.json"

@@ -21,10 +21,10 @@ import torch
 from transformers import PreTrainedModel
 
 from svgt.backbone.adapter import LayerAdapter
+from svgt.backbone.batching import pad_batch
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt
-from svgt.extract import pad_batch
-from svgt.generation import GenerationOutput, guided_generate
+from svgt.decoding.loop import GenerationOutput, guided_generate
 from svgt.model import ValueModule
 
 Method = Literal["none", "svgt", "svgt-inject"]

@@ -16,8 +16,8 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from svgt.config import ExtractConfig
-from svgt.extract import ShardResult, ShardSpec, run_shard
+from svgt.core.params import ExtractConfig
+from svgt.extract.shards import ShardResult, ShardSpec, run_shard
 
 
 class _ShardWorker:

@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from svgt.io import atomic_path, sha256_file
+from svgt.core.io import atomic_path, sha256_file
 
 
 class WheelError(RuntimeError):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from svgt.urls import redact_url
+from svgt.core.urls import redact_url
 
 log = logging.getLogger(__name__)
 

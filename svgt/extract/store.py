@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from svgt.io import sha256_file
+from svgt.core.io import sha256_file
 
 __all__ = ["FORMAT", "INDEX", "ExtractedExample", "ExtractionError", "HiddenStateStore"]
 

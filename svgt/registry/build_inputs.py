@@ -66,7 +66,7 @@ def build_inputs(params: dict[str, Any], *, data_sha256: str, backbone_weights_s
 
 def checkout_build_inputs(params: dict[str, Any], data_path: str | Path, backbone_dir: str | Path) -> BuildInputs:
     """The build inputs of a checkout about to train: its canonical data file and backbone snapshot."""
-    from svgt.io import sha256_file
+    from svgt.core.io import sha256_file
 
     manifest = Path(backbone_dir) / "manifest.json"
     try:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svgt.urls import has_url_credentials, redact_url
+from svgt.core.urls import has_url_credentials, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-MODULE_ARTIFACT = "value_module"  # where svgt.registry logs the module inside a run
+MODULE_ARTIFACT = "value_module"  # where svgt.registry.versions logs the module inside a run
 _ALIAS = re.compile(r"^models:/(?P<name>[^@]+)@(?P<alias>[^/@]+)/?$")
 _VERSION = re.compile(r"^models:/(?P<name>.+)/(?P<version>[0-9]+)/?$")
 

@@ -71,11 +71,10 @@ from typing import Any, Literal
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from svgt.backbone.adapter import LayerAdapter
 from svgt.backbone.runner import BlockRunner, clone_cache, growing_cache, merge_left_padded
 from svgt.backbone.small_batch import small_batch_linears
 from svgt.backbone.text import encode_prompt
-from svgt.extract import pad_batch, shared_prefix_length
+from svgt.decoding.prompt_pass import PlainPass, PromptGroup, PromptPassCache, left_aligned, pad_left, prompt_groups
 
 StateFn = Callable[[torch.Tensor], torch.Tensor]
 GateFn = Callable[[torch.Tensor], torch.Tensor]
@@ -147,7 +146,7 @@ class GenerationOutput:
     prompt_ids: list[list[int]] = field(default_factory=list)
     # with a gate: the step from which each row was guided (0: from the prompt; None: never)
     guided_from: list[int | None] | None = None
-    prompt_scores: list[float] | None = None  # the value module's prompt-level score per row (set by svgt.guidance)
+    prompt_scores: list[float] | None = None  # per row: the value module's prompt-level score (svgt.decoding.guidance)
 
 
 # ---------------------------------------------------------------- guidance callables
@@ -168,7 +167,7 @@ def _checked(out: Any, shape: tuple[int, ...], what: str, like: torch.Tensor) ->
 
 
 @dataclass
-class _Guidance:
+class GuidanceCalls:
     """The guidance method and its callables, with the bridge call counter."""
 
     bridge_fn: StateFn | None
@@ -227,7 +226,7 @@ class _CachedDecoder:
     has not (yet) let in have those columns masked out and their tokens at unshifted positions.
     """
 
-    def __init__(self, runner: BlockRunner, layer: int, guidance: _Guidance, refresh_mode: RefreshMode) -> None:
+    def __init__(self, runner: BlockRunner, layer: int, guidance: GuidanceCalls, refresh_mode: RefreshMode) -> None:
         self.runner = runner
         self.split = layer  # 0-based index of the first upper block == 1-based l*
         self.guidance = guidance
@@ -285,11 +284,11 @@ class _CachedDecoder:
         passes = [self._plain_pass(g, prompt_cache) for g in groups] if prompt_cache is not None else None
         lower = [(p.h, p.full) for p in passes] if passes is not None else [self._lower(g) for g in groups]
         width = max(g.mask.shape[1] for g in groups)
-        mask = torch.cat([_pad_left(g.mask, width) for g in groups])
+        mask = torch.cat([pad_left(g.mask, width) for g in groups])
         h_last = torch.cat([h[:, -1] for h, _ in lower])
         if self.guidance.prompt_fn is not None:
-            states = torch.cat([_pad_left(full, width) for _, full in lower]) if len(groups) > 1 else lower[0][1]
-            self.guidance.prompt_fn(*_left_aligned(states.detach(), mask.bool()))
+            states = torch.cat([pad_left(full, width) for _, full in lower]) if len(groups) > 1 else lower[0][1]
+            self.guidance.prompt_fn(*left_aligned(states.detach(), mask.bool()))
         method = self.guidance.method
         if method != "none":
             self.active = self.guidance.gate(h_last.new_zeros((h_last.shape[0], 0, h_last.shape[1])))
@@ -327,7 +326,7 @@ class _CachedDecoder:
         full = h if prefix_h is None else torch.cat([prefix_h.expand(h.shape[0], -1, -1), h], dim=1)
         return h, full
 
-    def _plain_pass(self, group: PromptGroup, prompt_cache: PromptPassCache) -> _PlainPass:
+    def _plain_pass(self, group: PromptGroup, prompt_cache: PromptPassCache) -> PlainPass:
         """The group's plain prompt pass, from ``prompt_cache`` or computed (and kept) now; the group gets a
         private copy of its keys/values to decode with."""
         key = PromptPassCache.key(group, self.split)
@@ -337,11 +336,11 @@ class _CachedDecoder:
             top = self.runner.run_blocks(h, self.split, self.runner.num_layers,
                                          position_ids=group.positions[:, group.shared:],
                                          attention_mask=group.mask, cache=group.cache)
-            found = prompt_cache.put(key, _PlainPass(group.cache, h, full, top[:, -1]))
+            found = prompt_cache.put(key, PlainPass(group.cache, h, full, top[:, -1]))
         group.cache = clone_cache(found.cache)
         return found
 
-    def _after_plain_pass(self, group: PromptGroup, plain: _PlainPass, extra: torch.Tensor | None,
+    def _after_plain_pass(self, group: PromptGroup, plain: PlainPass, extra: torch.Tensor | None,
                           on: torch.Tensor | None) -> torch.Tensor:
         """Next-token logits after a plain prompt pass: the bridge rows run against the prompt's keys/values;
         an injected last row replaces the plain one (its upper-block keys/values are cropped first). Rows
@@ -459,142 +458,6 @@ class _CachedDecoder:
                                position_ids=bridge_pos, attention_mask=self._upper_mask(0), cache=self.cache)
         for layer, (keys, values) in zip(upper_layers, tails, strict=True):
             layer.update(keys, values)
-
-
-def _left_aligned(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """States [B, W, d] and mask [B, W] with each row's real tokens moved to the right end (left padding),
-    whatever gaps the mask has: the layout every ``prompt_fn`` is promised."""
-    if bool((mask.flip(-1).cummin(-1).values == mask.flip(-1)).all()):
-        return states, mask  # already left-padded
-    out = states.new_zeros(states.shape)
-    aligned = torch.zeros_like(mask)
-    width = mask.shape[1]
-    for i in range(mask.shape[0]):
-        real = mask[i].nonzero().squeeze(-1)
-        out[i, width - len(real):] = states[i, real]
-        aligned[i, width - len(real):] = True
-    return out, aligned
-
-
-def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
-    """[B, W, ...] -> [B, width, ...] with zeros in front (masks: False/0)."""
-    pad = [0, 0] * (x.dim() - 2) + [width - x.shape[1], 0]
-    return torch.nn.functional.pad(x, pad)
-
-
-@dataclass
-class PromptGroup:
-    """Consecutive rows of a batch that are prefilled together, in ``prompt_layout``'s layout."""
-
-    ids: torch.Tensor  # [B_g, W_g]
-    mask: torch.Tensor  # [B_g, W_g]
-    shared: int  # leading columns common to every row of the group
-    cache: DynamicCache = field(default_factory=growing_cache)
-
-    @property
-    def positions(self) -> torch.Tensor:
-        """Position ids of every column [B_g, W_g] (from the mask: padding and gaps do not count)."""
-        return (self.mask.cumsum(-1) - 1).clamp(min=0)
-
-    def with_rows(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positions [B_g, k], 2D mask [B_g, W_g + k]) of ``k`` rows appended after each prompt (a bridge)."""
-        positions = self.mask.sum(-1)[:, None] + torch.arange(k, device=self.mask.device)
-        return positions, torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], k))], dim=1)
-
-
-@dataclass
-class _PlainPass:
-    """One prompt group through every block of the unmodified backbone (no bridge, no injection)."""
-
-    cache: DynamicCache  # keys/values of every block over the group's columns
-    h: torch.Tensor  # layer-l* states of the group's own columns (after the shared prefix)
-    full: torch.Tensor  # layer-l* states of all its columns
-    top_last: torch.Tensor  # block L's output at the last column [B_g, d]
-
-
-class PromptPassCache:
-    """Plain prompt passes kept by (prompt tokens, layout, l*), for reuse across guidance methods.
-
-    Methods that leave the backbone's blocks unmodified (unguided, SVGT, SVGT-Inject, and methods that
-    only edit the LM head's input) compute the same keys/values on the prompt: the bridge and the
-    injected delta come after it. Passing one cache to each of them runs every prompt once. Do not pass
-    it while a method changes the blocks (hooks, LoRA): the entries would be reused as if unchanged.
-    Entries hold every block's keys/values of the prompts (~46 KB per token for SmolLM2-135M): call
-    ``clear`` when done.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple, _PlainPass] = {}
-        self.hits = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def get(self, key: tuple) -> _PlainPass | None:
-        found = self._entries.get(key)
-        self.hits += found is not None
-        return found
-
-    def put(self, key: tuple, entry: _PlainPass) -> _PlainPass:
-        self._entries[key] = entry
-        return entry
-
-    @staticmethod
-    def key(group: PromptGroup, split: int) -> tuple:
-        return (split, group.shared, tuple(map(tuple, group.ids.tolist())), tuple(map(tuple, group.mask.tolist())))
-
-
-PREFILL_PADDING_SLACK = 1.25  # a prefill group's padded size stays within this factor of its real tokens
-
-
-def prompt_groups(prompt_ids: Sequence[Sequence[int]], pad_id: int, min_shared: int | None = 8,
-                  max_tokens: int | None = None, device: torch.device | str = "cpu") -> list[PromptGroup]:
-    """Cut the batch (in its order) into prefill groups of consecutive rows.
-
-    ``max_tokens`` None: one group. Otherwise a group grows while its padded size (rows x longest) stays
-    within ``max_tokens`` and within ``PREFILL_PADDING_SLACK`` x its real tokens (a longer single row gets
-    a group of its own). The prefill is compute-bound, so padding costs what real tokens cost; with the
-    rows sorted by length (the caller's choice) the groups waste little. Decoding still runs all rows
-    as one batch.
-    """
-    cuts: list[list[int]] = []
-    for i, ids in enumerate(prompt_ids):
-        cur = cuts[-1] if cuts else None
-        if cur is not None and max_tokens is not None:
-            longest = max(len(ids), *(len(prompt_ids[j]) for j in cur))
-            real = len(ids) + sum(len(prompt_ids[j]) for j in cur)
-            padded = (len(cur) + 1) * longest
-            if padded > max_tokens or padded > PREFILL_PADDING_SLACK * real:
-                cur = None
-        if cur is None:
-            cuts.append([i])
-        else:
-            cur.append(i)
-    groups = []
-    for rows in cuts:
-        ids, mask, shared = prompt_layout([prompt_ids[j] for j in rows], pad_id, min_shared)
-        groups.append(PromptGroup(ids.to(device), mask.to(device), shared))
-    return groups
-
-
-def prompt_layout(prompt_ids: Sequence[Sequence[int]], pad_id: int, min_shared: int | None = 8
-                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(ids, mask, P): the batch as [shared prefix of P columns | left-padded rest of each prompt].
-
-    P is the longest token prefix common to every prompt (each keeps at least one token of its own); it
-    is used only when the batch has several rows and P >= ``min_shared`` (None: never). Otherwise P = 0
-    and the layout is plain left padding. Positions follow the mask, so the gap changes nothing.
-    """
-    shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 and min_shared is not None else 0
-    shared = shared if min_shared is not None and shared >= min_shared else 0
-    ids, mask = pad_batch([p[shared:] for p in prompt_ids], pad_id, padding_side="left")
-    if shared:
-        ids = torch.cat([torch.tensor([list(prompt_ids[0][:shared])]).expand(len(prompt_ids), -1), ids], dim=1)
-        mask = torch.cat([torch.ones(len(prompt_ids), shared, dtype=mask.dtype), mask], dim=1)
-    return ids, mask, shared
 
 
 # ---------------------------------------------------------------- token selection
@@ -722,7 +585,7 @@ def guided_generate(
         raise GenerationError(f"top_p must lie in (0, 1], got {top_p}")
     runner = runner or BlockRunner(model)
     layer = runner.adapter.resolve_layer(layer)
-    guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
+    guidance = GuidanceCalls(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
                          prompt_fn, gate_fn)
     prompt_ids = _encode_prompts(tokenizer, prompts, chat_template)
     if forced_tokens is not None:
@@ -800,103 +663,3 @@ def _finish(rows: _Rows, tokenizer: Any, stop_strings: Sequence[str], prompt_ids
         value_scores=[torch.stack(r) for r in rows.scores] if with_scores else None,
         prompt_ids=prompt_ids,
     )
-
-
-# ---------------------------------------------------------------- uncached reference
-
-
-@dataclass
-class ReferenceOutput:
-    tokens: list[int]
-    logits: torch.Tensor  # [T, V]
-    bridge_calls: int
-
-
-@torch.no_grad()
-def _forward_with_layer_output(model: PreTrainedModel, layer: int, replacement: torch.Tensor,
-                               position_ids: torch.Tensor) -> torch.Tensor:
-    """The model's own forward with block ``layer``'s output replaced; returns the last row's logits.
-
-    Blocks 1..layer run on dummy tokens whose results are discarded, so ``position_ids`` only act on the
-    upper blocks (through the model's own mask and rotary code).
-    """
-    block = LayerAdapter(model).decoder_layers()[layer - 1]
-
-    def hook(_m: torch.nn.Module, _args: tuple, output: Any) -> Any:
-        return (replacement, *output[1:]) if isinstance(output, tuple) else replacement
-
-    ids = torch.zeros(replacement.shape[:2], dtype=torch.long, device=replacement.device)
-    handle = block.register_forward_hook(hook)
-    try:
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=position_ids, use_cache=False)
-    finally:
-        handle.remove()
-    return out.logits[0, -1]
-
-
-def reference_guided_logits(
-    model: PreTrainedModel,
-    prompt_ids: Sequence[int],
-    bridge_fn: StateFn | None = None,
-    *,
-    inject_fn: StateFn | None = None,
-    layer: int,
-    num_bridge_tokens: int | None = None,
-    refresh_interval: int = 5,
-    momentum: float = 0.8,
-    max_new_tokens: int = 16,
-    tokens: Sequence[int] | None = None,
-    prompt_fn: PromptFn | None = None,
-    gate_fn: GateFn | None = None,
-) -> ReferenceOutput:
-    """Uncached, single-row ground truth: every step recomputes the whole sequence from scratch.
-
-    Layer-l* states come from the model's own forward on the plain tokens (``hidden_states_at``); the
-    upper blocks run inside the model's own forward with block l*'s output replaced by
-    [H_prompt; B; H_y] (or H + delta for SVGT-Inject) and the shifted position ids. Greedy unless
-    ``tokens`` is given, in which case those tokens are teacher-forced and their logits returned.
-    Nothing here shares code with the cached decoder except the schedule.
-    """
-    guidance = _Guidance(bridge_fn, inject_fn, num_bridge_tokens, GuidanceSchedule(refresh_interval, momentum),
-                         prompt_fn, gate_fn)
-    adapter = LayerAdapter(model)
-    device = next(model.parameters()).device
-    m = len(prompt_ids)
-    steps = len(tokens) if tokens is not None else max_new_tokens
-    generated: list[int] = []
-    all_logits = []
-    bridge: torch.Tensor | None = None
-    active = guidance.gate_fn is None
-    opened_at = 0  # the step whose prediction first saw the guidance
-    for s in range(steps):
-        ids = torch.tensor([list(prompt_ids) + generated], device=device)
-        h = adapter.hidden_states_at(ids, torch.ones_like(ids), layer)  # [1, m + s, d]
-        if s == 0 and prompt_fn is not None:
-            prompt_fn(h[:, :m].detach(), torch.ones(1, m, dtype=torch.bool, device=device))
-        newly = False
-        if guidance.method != "none" and guidance.gate_fn is not None and (s == 0 or guidance.schedule.refresh_due(s)):
-            judged = bool(guidance.gate(h[:, m:])[0])
-            newly, active = judged and not active, active or judged
-            opened_at = s if newly else opened_at
-        if guidance.method == "bridge" and active:
-            if bridge is None or newly:
-                if s == 0 or guidance.schedule.refresh_due(s):
-                    bridge = guidance.bridge(h[:, -1])
-            elif guidance.schedule.refresh_due(s):
-                bridge = guidance.schedule.blend(bridge, guidance.bridge(h[:, -1]))
-        if guidance.method == "bridge" and bridge is not None:
-            k = bridge.shape[1]
-            hidden = torch.cat([h[:, :m], bridge, h[:, m:]], dim=1)
-            positions = torch.cat([torch.arange(m + k), m + k + torch.arange(s)]).to(device)
-        else:
-            hidden = h.clone()
-            if guidance.method == "inject" and active:
-                # every position from the last prompt token on predicts a generated token; a gated row gets
-                # its delta from the step its gate opened
-                first = m - 1 + opened_at
-                hidden[0, first:] += guidance.delta(h[0, first:])
-            positions = torch.arange(m + s, device=device)
-        logits = _forward_with_layer_output(model, layer, hidden, positions[None])
-        all_logits.append(logits.float().cpu())
-        generated.append(int(tokens[s]) if tokens is not None else int(logits.argmax()))
-    return ReferenceOutput(generated, torch.stack(all_logits), guidance.bridge_calls)
