@@ -1,10 +1,10 @@
 """Prefect tasks for the svgt pipeline: thin wrappers, one per `svgt <step>`.
 
-Each step task parses the same argv its DVC stage runs (``STEP_ARGV``, checked against dvc.yaml by
-tests/test_flows.py) with the CLI's own parser and calls the command function the CLI calls
-(``svgt.cli.cmd_*``), so no step logic lives here. What the tasks add is orchestration: retries for
-transient failures only, the step's log records in the Prefect run log, and artifacts (validation summary,
-training curves, evaluation table, gate report, registered version).
+Each step task parses the argv its DVC stage runs (``STEP_ARGV``, read from dvc.yaml) with the CLI's own
+parser and calls the command function the CLI calls (``svgt.cli.cmd_*``), so no step logic lives here. What
+the tasks add is orchestration: retries for transient failures only, the step's log records in the Prefect
+run log, and artifacts (validation summary, training curves, evaluation table, gate report, registered
+version).
 
 Paths are relative, as in dvc.yaml: the flows run them from the repository (``workdir``).
 """
@@ -15,51 +15,51 @@ import csv
 import json
 import logging
 import os
-import sys
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from svgt.cli import GatesFailed, StepFailed
-from svgt.core.retry import is_connection_error
+from svgt.cli import build_parser
+from svgt.core.errors import GatesFailed, StepFailed
+from svgt.core.retry import is_transient
 
-# argv of each step exactly as its dvc.yaml stage runs it (minus the leading `svgt`)
-STEP_ARGV: dict[str, list[str]] = {
-    "backbone": ["backbone", "--out", "data/backbone"],
-    "ingest": ["ingest", "--out", "data/values/values.parquet", "--card", "data/values/CARD.md"],
-    "validate": ["validate", "--data", "data/values/values.parquet", "--reports", "reports/validation"],
-    "baselines": ["baselines", "--backbone", "data/backbone", "--data", "data/values/values.parquet",
-                  "--out", "models/baselines", "--metrics", "metrics"],
-    "extract": ["extract", "--backbone", "data/backbone", "--data", "data/values/values.parquet",
-                "--validation", "reports/validation", "--out", "data/hidden", "--metrics", "metrics"],
-    "card": ["card", "--summary", "data/values/CARD.json", "--extract-metrics", "metrics/extract.json",
-             "--out", "reports/dataset_card.md"],
-    "stage1": ["train", "--stage", "1", "--out", "models/stage1"],
-    "stage2": ["train", "--stage", "2", "--init", "models/stage1", "--out", "models/stage2"],
-    "stage3": ["train", "--stage", "3", "--init", "models/stage2", "--out", "models/stage3"],
-    "judge": ["judge", "--data", "data/values/values.parquet", "--out", "models/harm_judge", "--metrics", "metrics"],
-    "evaluate": ["evaluate", "--module", "models/stage3", "--baselines", "models/baselines", "--harm-judge",
-                 "models/harm_judge", "--report", "reports/eval.md", "--generations", "reports/generations.jsonl",
-                 "--plots", "plots"],
-    "register": ["register", "--module", "models/stage3", "--metrics", "metrics"],
-}
+DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
+
+
+def _step_argv() -> dict[str, list[str]]:
+    """argv of each step exactly as its dvc.yaml stage runs it, minus the leading `svgt` (dvc.yaml declares the
+    steps' paths; the flows read them from there)."""
+    stages = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"]
+    return {name: shlex.split(stage["cmd"])[1:] for name, stage in stages.items()}
+
+
+STEP_ARGV: dict[str, list[str]] = _step_argv()
+
+
+def step_path(step: str, option: str) -> Path:
+    """The path a step's ``--option`` takes when the flow runs it: dvc.yaml's argv, else the CLI's default."""
+    return Path(getattr(build_parser().parse_args(STEP_ARGV[step]), option))
+
+
 # the order the flow runs them: a topological order of dvc.yaml's DAG
 STEP_ORDER = ("ingest", "validate", "backbone", "baselines", "judge", "extract", "card", "stage1", "stage2",
               "stage3", "evaluate", "register")
 
-VALUES = Path("data/values/values.parquet")
-BACKBONE_DIR = Path("data/backbone")
-VALIDATION_SUMMARY = Path("reports/validation/validation_summary.json")
-METRICS_DIR = Path("metrics")
-PLOTS_DIR = Path("plots")
-EVAL_REPORT = Path("reports/eval.md")
-GATE_REPORT = Path("metrics/gates.json")
+VALUES = step_path("ingest", "out")
+BACKBONE_DIR = step_path("backbone", "out")
+VALIDATION_SUMMARY = step_path("validate", "reports") / "validation_summary.json"
+METRICS_DIR = step_path("register", "metrics")
+PLOTS_DIR = step_path("stage1", "plots")
+EVAL_REPORT = step_path("evaluate", "report")
+GATE_REPORT = METRICS_DIR / "gates.json"
 REGISTER_ALIAS = "challenger"  # svgt.registry.versions.register_module points it at the new version
 
 # retries apply to transient failures only (see retry_transient); deterministic ones fail at once
@@ -68,30 +68,6 @@ RETRY_DELAY_SECONDS = [30, 120]
 
 
 # ----------------------------------------------------------------------------------------- retries
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the step could help: connection trouble (the one rule of svgt.core.retry, which also says
-    that a full disk, a missing file or a denied request will not go away), a failed Ray Train run, or an error
-    of Ray itself (a lost node or actor).
-
-    Everything else (StepFailed such as a validation or gate failure, config errors, bad data, programming
-    errors) is deterministic: a retry would fail the same way, after repeating up to an hour of training.
-    An error raised ``from`` a transient one (e.g. RegistryError from a ConnectionError) counts as transient.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, StepFailed):
-            return False
-        ray_runner = sys.modules.get("svgt.training.ray_runner")  # loaded whenever its TrainingError was raised
-        if ray_runner is not None and isinstance(current, ray_runner.TrainingError):
-            return True
-        if any(cls.__module__.split(".")[0] == "ray" for cls in type(current).__mro__):
-            return True
-        current = current.__cause__
-    return is_connection_error(exc)
-
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry the failed task run only when its error is transient."""

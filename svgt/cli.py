@@ -14,6 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from svgt.core.errors import (
+    EXIT_FAILED,
+    EXIT_GATES_FAILED,
+    EXIT_OK,
+    EXIT_TRANSIENT,
+    EXIT_USAGE,
+    GatesFailed,
+    StepFailed,
+    SvgtError,
+    UsageError,
+)
 from svgt.core.method_names import ALL_METHODS
 from svgt.core.params import ConfigError, Params, load_params
 
@@ -32,20 +43,6 @@ DEFAULTS = {
 }
 
 
-class StepFailed(RuntimeError):
-    """A step ran but its result says the pipeline must stop (e.g. validation failed): exit 1."""
-
-
-class UsageError(StepFailed):
-    """The command line asks for something that cannot be done (conflicting or missing options): exit 2."""
-
-
-class GatesFailed(StepFailed):
-    """The evaluated module misses at least one quality gate, so it was not registered: exit 3."""
-
-
-# exit codes (also in `svgt --help`); 75 is EX_TEMPFAIL from sysexits.h, which schedulers read as "try again"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATES_FAILED, EXIT_TRANSIENT = 0, 1, 2, 3, 75
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}   the step finished
   {EXIT_FAILED}   the step failed: bad input, a failed validation or verification (the message names the file,
@@ -452,15 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(err: BaseException) -> int:
     """The exit code for an error that ended a step (see EXIT_CODES)."""
-    from svgt.core.retry import is_connection_error
+    from svgt.core.retry import is_transient
 
-    if isinstance(err, GatesFailed):
-        return EXIT_GATES_FAILED
-    if isinstance(err, UsageError):
-        return EXIT_USAGE
-    if not isinstance(err, StepFailed) and is_connection_error(err):
+    if is_transient(err):
         return EXIT_TRANSIENT
-    return EXIT_FAILED
+    return err.exit_code if isinstance(err, SvgtError) else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,17 +16,15 @@ from transformers import PreTrainedModel
 
 from svgt.backbone.runner import BlockRunner
 from svgt.baselines import BASELINE_METHODS, Baseline, generate_with_baseline, load_baseline
-from svgt.core.method_names import ALL_METHODS, BASELINE_NAMES
+from svgt.core.errors import BadInput
+from svgt.core.method_names import ALL_METHODS
 from svgt.decoding.guidance import METHODS as MODULE_METHODS
 from svgt.decoding.guidance import generate_with_module
 from svgt.decoding.loop import GenerationOutput
 from svgt.model import ValueModule
 
-if set(BASELINE_NAMES) != set(BASELINE_METHODS):  # one list for the CLI, one registry: they must agree
-    raise ImportError(f"svgt.core.method_names lists {BASELINE_NAMES}, the baseline registry has {BASELINE_METHODS}")
 
-
-class MethodError(ValueError):
+class MethodError(BadInput):
     """A method name that does not exist, or a method without the artifact it needs."""
 
 

@@ -91,6 +91,43 @@ def test_exit_codes_by_kind_of_failure():
     assert exit_code(step) == 1  # a step that judged its own failure is not "try again"
 
 
+def test_every_error_class_of_svgt_is_an_svgt_error_with_a_category():
+    import importlib
+    import pkgutil
+
+    import svgt
+    from svgt.core.errors import SvgtError
+
+    classes = set()
+    for info in pkgutil.walk_packages(svgt.__path__, "svgt."):
+        if info.name == "svgt.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        classes |= {c for c in vars(module).values()
+                    if isinstance(c, type) and issubclass(c, Exception) and c.__module__ == info.name}
+    assert len(classes) >= 20
+    # private control-flow exceptions (stopping a forward pass early) are not errors
+    assert sorted(c.__qualname__ for c in classes if not issubclass(c, SvgtError) and c.__name__[0] != "_") == []
+
+
+def test_exit_code_and_retry_follow_the_error_category():
+    from svgt.backbone.sources import BackboneError
+    from svgt.core.retry import is_transient
+    from svgt.model import ValueModuleError
+
+    assert exit_code(ValueModuleError("weights.safetensors: checksum does not match manifest.json")) == 1
+    try:
+        try:
+            raise ConnectionResetError(104, "reset by peer")
+        except OSError:
+            raise BackboneError("backbone.source s3://b/m: cannot list") from None  # context kept, cause hidden
+    except BackboneError as err:
+        assert exit_code(err) == 75 and is_transient(err)
+    bad = ValueModuleError("config.json: not valid JSON")
+    bad.__cause__ = ConnectionError("down")
+    assert exit_code(bad) == 1 and not is_transient(bad)  # a failed verification is not cured by a retry
+
+
 def test_conflicting_options_exit_2_and_failed_gates_exit_3(tmp_path, capsys):
     assert main(["generate"]) == 2
     assert "give exactly one of --prompt TEXT or --prompts-file FILE.jsonl" in capsys.readouterr().err

@@ -469,7 +469,7 @@ def test_retry_condition(exc, retry):
 
 def test_retry_condition_follows_causes_but_never_retries_step_failures():
     from flows.tasks import GatesFailed, is_transient
-    from svgt.cli import StepFailed
+    from svgt.core.errors import StepFailed
     from svgt.registry.uri import RegistryError
 
     try:

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from svgt.core.params import ModelConfig, Stage1Config, Stage2Config, TrainConfig
+from svgt.eval.metrics import discrimination_metrics
 from svgt.model import save_value_module
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession
 from svgt.training.losses import safety_loss
-from svgt.training.metrics import discrimination_metrics
 from svgt.training.stages import discrimination_stage, optimizer_for_stage, shard_for_rank
 
 MODEL = ModelConfig(d_v=16, encoder_heads=2, cross_attn_heads=2, num_bridge_tokens=3, dropout=0.1)

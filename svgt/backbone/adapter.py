@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from svgt.core.errors import BadInput
 
-class LayerError(ValueError):
+
+class LayerError(BadInput):
     """The requested layer does not fit the backbone."""
 
 

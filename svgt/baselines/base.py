@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from svgt.backbone.text import encode_prompt
+from svgt.core.errors import BadInput
 from svgt.core.io import atomic_dir, save_safetensors, sha256_file
 
 FORMAT = "svgt-baseline/1"
@@ -34,7 +35,7 @@ CONFIG = "baseline.json"
 WEIGHTS = "weights.safetensors"
 
 
-class BaselineError(ValueError):
+class BaselineError(BadInput):
     """A baseline cannot be fitted, saved, loaded or applied as asked."""
 
 

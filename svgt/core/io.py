@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from svgt.core.errors import SvgtError
+
 MANIFEST = "manifest.json"
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # writers implemented outside Python (safetensors' Rust core) report the OS error in their message only
 _DISK_FULL_TEXT = (f"(os error {errno.ENOSPC})", f"(os error {errno.EDQUOT})", "No space left on device")
 
 
-class DiskFullError(OSError):
+class DiskFullError(SvgtError, OSError):
     """The disk (or quota) filled up while writing an artifact; the partial write was removed."""
 
     def __str__(self) -> str:  # the message alone (OSError would prefix "[Errno 28]" once errno is set)

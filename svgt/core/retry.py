@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from svgt.core.errors import BadInput, StepFailed, Transient, VerificationFailed
 from svgt.core.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _NETWORK_LIBRARIES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "httpx", "httpcore"})
 
 
-class RetryError(ConnectionError):
+class RetryError(Transient, ConnectionError):
     """A remote operation still failed after every attempt (a ConnectionError: a later rerun may succeed)."""
 
 
@@ -79,6 +80,29 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the step again could help: the one rule for `svgt`'s exit code 75 and Prefect's retries.
+
+    Walking the chain of errors ``exc`` was raised from: a ``Transient`` error (a connection that kept failing, a
+    Ray Train run that died) or an error of Ray itself (a lost node or actor) is; bad input, a failed
+    verification, validation or gate is not, since a retry fails the same way after repeating up to an hour of
+    work; otherwise connection trouble decides (``is_connection_error``: a full disk, a missing file or a denied
+    request will not go away), so an error raised from a ConnectionError (say a RegistryError) is transient.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Transient):
+            return True
+        if isinstance(current, BadInput | VerificationFailed | StepFailed):
+            return False
+        if any(cls.__module__.split(".")[0] == "ray" for cls in type(current).__mro__):
+            return True
+        current = current.__cause__
+    return is_connection_error(exc)
 
 
 def retry_call(

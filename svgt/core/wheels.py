@@ -11,10 +11,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+from svgt.core.errors import SvgtError
 from svgt.core.io import atomic_path, sha256_file
 
 
-class WheelError(RuntimeError):
+class WheelError(SvgtError, RuntimeError):
     """A wheel could not be fetched or does not contain the requested file."""
 
 

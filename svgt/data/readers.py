@@ -7,6 +7,7 @@ Local paths and any fsspec URL (``s3://``, ``gs://``, ``memory://`` ...) go thro
 """
 
 from __future__ import annotations
+from svgt.core.errors import BadInput
 
 import io
 import json
@@ -30,7 +31,7 @@ _SUFFIX_FORMATS = {
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
 
-class IngestError(ValueError):
+class IngestError(BadInput):
     """A source could not be read or adapted; the message names the file, row and column."""
 
 

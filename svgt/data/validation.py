@@ -48,6 +48,7 @@ from svgt.data.schema import (
     stage_mask,
 )
 from svgt.core.io import atomic_dir, sha256_file, write_json_atomic
+from svgt.core.errors import BadInput
 
 # GX reads these when it is imported: no usage statistics, no network calls.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -69,7 +70,7 @@ _TEXT_TYPE_LIST = ["str"]
 _ARROW_TO_PANDAS_INT = {getattr(pa, name.lower())(): getattr(pd, f"{name}Dtype")() for name in _INT_DTYPES}
 
 
-class DataValidationError(ValueError):
+class DataValidationError(BadInput):
     """The dataset cannot be validated at all (unreadable file, undecodable text)."""
 
 

@@ -24,11 +24,12 @@ from svgt.backbone.adapter import LayerAdapter
 from svgt.backbone.batching import pad_batch
 from svgt.backbone.runner import BlockRunner
 from svgt.backbone.text import encode_prompt
+from svgt.core.method_names import MODULE_METHODS
 from svgt.decoding.loop import GenerationOutput, guided_generate
 from svgt.model import ValueModule
 
-Method = Literal["none", "svgt", "svgt-inject"]
-METHODS: tuple[str, ...] = ("none", "svgt", "svgt-inject")
+METHODS: tuple[str, ...] = ("none", *MODULE_METHODS)  # what this module generates with
+Method = Literal[METHODS]
 
 
 @dataclass

@@ -74,6 +74,7 @@ from transformers import DynamicCache, PreTrainedModel
 from svgt.backbone.runner import BlockRunner, clone_cache, growing_cache, merge_left_padded
 from svgt.backbone.small_batch import small_batch_linears
 from svgt.backbone.text import encode_prompt
+from svgt.core.errors import BadInput
 from svgt.decoding.prompt_pass import PlainPass, PromptGroup, PromptPassCache, left_aligned, pad_left, prompt_groups
 
 StateFn = Callable[[torch.Tensor], torch.Tensor]
@@ -83,7 +84,7 @@ RefreshMode = Literal["exact", "bridge_only"]
 FinishReason = Literal["stop_token", "stop_string", "length"]
 
 
-class GenerationError(ValueError):
+class GenerationError(BadInput):
     """Invalid generation arguments or a guidance callable that broke its contract."""
 
 

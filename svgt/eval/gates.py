@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svgt.core.errors import BadInput
 from svgt.core.io import write_json_atomic
 from svgt.core.params import GatesConfig
 
@@ -35,11 +36,11 @@ BASELINE_METHOD = "none"
 TOLERANCE = 1e-9
 
 
-class GateError(ValueError):
+class GateError(BadInput):
     """A metrics file a gate needs is missing or unreadable."""
 
 
-class MissingMetric(LookupError):
+class MissingMetric(BadInput, LookupError):
     """An enabled gate's metric is absent (or null/NaN) in a metrics file that does exist."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from svgt.core.errors import VerificationFailed
 from svgt.core.io import sha256_file
 
 __all__ = ["FORMAT", "INDEX", "ExtractedExample", "ExtractionError", "HiddenStateStore"]
@@ -23,7 +24,7 @@ INDEX = "index.json"
 FORMAT = "svgt-hidden-states/1"
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(VerificationFailed, RuntimeError):
     """Extraction could not produce valid hidden states."""
 
 

@@ -11,11 +11,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from svgt.core.errors import VerificationFailed
 from svgt.core.params import ConfigError
 from svgt.core.params import from_dict as _typed_from_dict
 
 
-class ValueModuleError(ValueError):
+class ValueModuleError(VerificationFailed, ValueError):
     """A value module (or its config or files) is invalid, tampered with, or does not fit the backbone."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svgt.core.errors import SvgtError
 from svgt.core.urls import has_url_credentials, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -26,7 +27,7 @@ _ALIAS = re.compile(r"^models:/(?P<name>[^@]+)@(?P<alias>[^/@]+)/?$")
 _VERSION = re.compile(r"^models:/(?P<name>.+)/(?P<version>[0-9]+)/?$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(SvgtError, RuntimeError):
     """A registry operation was refused or failed (unknown model/alias, gates not passed, bad checksums)."""
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svgt.core.errors import SvgtError
 from svgt.core.params import RayConfig
 from svgt.model import ValueModule
 from svgt.training.job import StageJob
@@ -39,7 +40,7 @@ from svgt.training.worker import train_worker
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SvgtError, RuntimeError):
     """A stage failed after Ray Train's retries."""
 
 

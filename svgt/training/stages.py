@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from svgt.eval.metrics import discrimination_metrics
 from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module
 from svgt.training.data import SequenceExample, collate, load_stage_examples
 from svgt.training.job import StageJob
 from svgt.training.loop import LoopSpec, Session, run_loop
 from svgt.training.losses import discrimination_loss
-from svgt.training.metrics import discrimination_metrics
 
 
 def new_value_module(job: StageJob, store: HiddenStateStore) -> ValueModule:
@@ -101,6 +101,9 @@ def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
             p.grad /= dist.get_world_size()
 
 
+STAGE_METRICS = ("accuracy", "f1", "auroc", "n", "positives")  # per validation epoch and test split
+
+
 @torch.no_grad()
 def score_examples(module: ValueModule, examples: Sequence[SequenceExample], batch_size: int = 64,
                    use_prompt: bool = True) -> np.ndarray:
@@ -117,8 +120,10 @@ def score_examples(module: ValueModule, examples: Sequence[SequenceExample], bat
 
 def evaluate_discrimination(module: ValueModule, examples: Sequence[SequenceExample],
                             use_prompt: bool = True) -> dict[str, float]:
-    labels = np.array([e.label for e in examples])
-    return discrimination_metrics(labels, score_examples(module, examples, use_prompt=use_prompt))
+    """The discriminator's accuracy and F1 at s > 0 and its AUROC, on ``examples`` (what the stage reports log)."""
+    labels = [int(e.label) for e in examples]
+    metrics = discrimination_metrics(labels, score_examples(module, examples, use_prompt=use_prompt))
+    return {k: metrics[k] for k in STAGE_METRICS}
 
 
 def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = True) -> ValueModule:

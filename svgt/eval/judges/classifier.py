@@ -41,6 +41,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from svgt.core.errors import BadInput
 from svgt.core.io import atomic_dir, sha256_file
 from svgt.core.wheels import fetch_wheel, read_member
 from svgt.data.adapters import AdaptContext, parse_judge_verdict
@@ -62,7 +63,7 @@ ANALYZERS: dict[str, dict[str, Any]] = {
 }
 
 
-class HarmClassifierError(ValueError):
+class HarmClassifierError(BadInput):
     """The stored classifier is missing, tampered with or malformed."""
 
 
