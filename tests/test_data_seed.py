@@ -21,7 +21,7 @@ from svgt.data import benign
 from svgt.data.card import summary_path
 from svgt.data.ingest import IngestSummary, run_ingest
 from svgt.data.schema import CANONICAL_SCHEMA, SPLITS, normalize_prompt, stage_mask
-from svgt.data.seed import WHEELS
+from svgt.data.seed_sources import WHEELS
 from svgt.data.splits import leaked_prompts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -225,7 +225,7 @@ def test_heldout_sources_by_kind_and_never_in_the_seed_set():
     from collections import Counter
 
     from svgt.data.heldout import load_heldout
-    from svgt.data.seed import PROMPT_SOURCES
+    from svgt.data.seed_sources import PROMPT_SOURCES
 
     heldout = load_heldout(CACHE)
     counts = Counter((h.kind, h.source) for h in heldout)

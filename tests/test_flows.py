@@ -172,7 +172,8 @@ class Pipeline:
 
     def fake_eval(self, *, backbone_dir, module_dir, data_path, cfg, metrics_path, report_path, generations_path,
                   **kwargs):
-        from svgt.eval.guidance_eval import rate, render_report
+        from svgt.eval.guidance_eval import rate
+        from svgt.eval.report import render_report
 
         def entry(harmful):
             k = round(harmful * 10)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from svgt.data.schema import LABEL_COLUMNS, SPLITS, STAGE_CLASS_LABEL, STAGE_VIEWS, prompt_key, stage_mask
 from svgt.core.io import write_json_atomic, write_text_atomic
+from svgt.data.schema import LABEL_COLUMNS, SPLITS, STAGE_CLASS_LABEL, STAGE_VIEWS, prompt_key, stage_mask
 
 TOP_CATEGORIES = 25
 

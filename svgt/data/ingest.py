@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from svgt.core.io import atomic_path, sha256_file
 from svgt.core.params import DataConfig, IngestSource
 from svgt.data.adapters import ADAPTERS, adapt
 from svgt.data.card import Provenance, SourceRecord, leakage_count, write_dataset_card
@@ -32,7 +33,6 @@ from svgt.data.schema import (
 )
 from svgt.data.seed import build_seed_with_provenance
 from svgt.data.splits import assign_splits
-from svgt.core.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ Local paths and any fsspec URL (``s3://``, ``gs://``, ``memory://`` ...) go thro
 """
 
 from __future__ import annotations
-from svgt.core.errors import BadInput
 
 import io
 import json
@@ -17,6 +16,8 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from svgt.core.errors import BadInput
 
 HF_PREFIX = "hf://"
 FORMATS = ("jsonl", "json", "csv", "parquet")

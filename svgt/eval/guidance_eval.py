@@ -77,8 +77,9 @@ from svgt.eval.metrics import (
     unchanged_rate,
     wilson,
 )
+from svgt.eval.plots import write_plots
 from svgt.eval.prompt_sets import load_harmbench_behaviors
-from svgt.eval.report import render_main_table
+from svgt.eval.report import render_report
 from svgt.methods import GuidanceMethod, check_methods, load_method, operating_point
 from svgt.model import load_value_module
 
@@ -521,40 +522,6 @@ def trajectory_summary(trajectories: dict[str, list[list[float]]]) -> dict[str, 
     return out
 
 
-def write_plots(results: dict[str, Any], trajectories: dict[str, list[list[float]]], refresh_interval: int,
-                max_new_tokens: int, plots_dir: Path) -> dict[str, str]:
-    from svgt.eval.plots import plot_frontier, plot_main_table, plot_score_trajectories
-
-    written = {}
-    if trajectories:
-        width = max(len(r) for rows in trajectories.values() for r in rows)
-        padded = {m: [r + [math.nan] * (width - len(r)) for r in rows] for m, rows in trajectories.items()}
-        path = plot_score_trajectories(padded, plots_dir / "eval_trajectory.png",
-                                       refresh_points=list(range(refresh_interval, width, refresh_interval)))
-        written["trajectory"] = str(path)
-    values, errors = {}, {}
-    for name, entry in results["methods"].items():
-        for key in ("harmful_response_rate", "harmful_response_rate_heldout", "asr", "refusal_harmful",
-                    "over_refusal_sensitive"):
-            if key in entry:
-                values.setdefault(key, {})[name] = entry[key]["rate"]
-                errors.setdefault(key, {})[name] = tuple(entry[key]["ci95"])
-    if values:
-        written["main"] = str(plot_main_table(values, plots_dir / "eval_main.png", errors=errors))
-    points, bars = {}, {}
-    x_key = "over_refusal_sensitive" if any("over_refusal_sensitive" in e for e in results["methods"].values()) \
-        else "over_refusal_benign"
-    for name, e in results["methods"].items():
-        if "harmful_compliance" in e and x_key in e:
-            points[name] = (e[x_key]["rate"], e["harmful_compliance"]["rate"])
-            bars[name] = (tuple(e[x_key]["ci95"]), tuple(e["harmful_compliance"]["ci95"]))
-    if points:
-        label = ("over-refusal on benign sensitive prompts (%)" if x_key == "over_refusal_sensitive"
-                 else "over-refusal on benign prompts (%)")
-        written["frontier"] = str(plot_frontier(points, plots_dir / "eval_frontier.png", errors=bars, xlabel=label))
-    return written
-
-
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: write null instead."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -564,93 +531,3 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
-
-
-def render_report(results: dict[str, Any]) -> str:
-    sizes = results["sample_sizes"]
-    lines = ["# Guidance evaluation (held-out prompts)", "",
-             f"Module `{results['module']}` on `{results['backbone']}`; {results['max_new_tokens']} new tokens, "
-             "greedy. Prompt sets: " + ", ".join(f"{k} n={v}" for k, v in sizes.items()) + ".", "",
-             render_main_table(results), ""]
-    if results.get("heldout_sources"):
-        lines += ["Held-out sources (never in training): " + "; ".join(
-            f"{k}: " + ", ".join(f"{src} {n}" for src, n in v.items()) for k, v in results["heldout_sources"].items())
-            + f". Held-out prompts dropped as near-duplicates of train/val prompts: "
-            f"{results.get('heldout_near_duplicates_dropped', 0)}.", ""]
-    lines += ["## Side effects on benign answers (against `none`)", "",
-              "Unchanged: the greedy answer is token-identical to the unguided one. KL: mean per-token "
-              "KL(unguided || method), nats, along the unguided answer teacher-forced through the method.", "",
-              "| method | unchanged everyday % | unchanged sensitive % | KL everyday (nats/token) | "
-              "KL sensitive (nats/token) | refusal harmful test % | refusal harmful held-out % |",
-              "|---|---|---|---|---|---|---|"]
-    for name, e in results["methods"].items():
-        cells = [_rate_cell(e.get("unchanged_benign")), _rate_cell(e.get("unchanged_sensitive")),
-                 _kl_cell(e.get("kl_benign")), _kl_cell(e.get("kl_sensitive")),
-                 _rate_cell(e.get("refusal_harmful")), _rate_cell(e.get("refusal_harmful_heldout"))]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-    gated = {n: e for n, e in results["methods"].items() if e.get("guided") or e.get("prompt_auroc")}
-    if gated:
-        lines += ["## When the guidance acted (gate) and the prompt-level judgement", "",
-                  f"Gate: `{results.get('gate')}`. Guided: share of prompts on which the bridge (or delta) acted at "
-                  "any step. AUROC: the value module's prompt score, harmful vs benign prompts.", "",
-                  "| method | guided harmful test % | guided harmful held-out % | guided everyday % | "
-                  "guided sensitive % | prompt AUROC test split | prompt AUROC held-out sources |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, e in gated.items():
-            g, a = e.get("guided") or {}, e.get("prompt_auroc") or {}
-            cells = [_rate_cell(g.get(k)) for k in ("harmful", "harmful_heldout", "benign", "sensitive")]
-            cells += [_num((a.get(k) or {}).get("auroc")) for k in ("test_split", "heldout_sources")]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    disc = results.get("discrimination") or {}
-    if disc:
-        lines += ["## Discrimination on the stage-2 test pairs (stage 1 = no prompt context)", "",
-                  "| module | accuracy | F1 | AUROC |", "|---|---|---|---|"]
-        for stage, m in disc.items():
-            lines.append(f"| {stage} | {_num(m.get('accuracy'))} | {_num(m.get('f1'))} | {_num(m.get('auroc'))} |")
-        lines.append("")
-    lines += ["## Generation cost (same prompts, batch size as configured, CPU unless stated)", "",
-              "Methods that run the prompt through the unmodified backbone (none, svgt, svgt-inject, re-control) "
-              "share one prompt pass per batch: the first of them pays it, so compare decode ms / token "
-              "(every generated token, bridge refreshes included).", "",
-              "| method | decode ms / token | prompt pass (s) | total ms / token | peak RSS above start (MB) | "
-              "bridge refreshes |", "|---|---|---|---|---|---|"]
-    for name, e in results["methods"].items():
-        lines.append(f"| {name} | {_num(e.get('decode_ms_per_token'), 1)} | {_num(e.get('prefill_seconds'), 1)} | "
-                     f"{_num(e.get('ms_per_token'), 1)} | {_num(e.get('peak_rss_above_baseline_mb'), 1)} | "
-                     f"{e.get('refreshes', 0)} |")
-    traj = results.get("trajectory") or {}
-    if traj:
-        lines += ["", "## Discriminator trajectory on harmful prompts", "",
-                  "| method | prompts | tokens | mean score | tokens judged harmful (s > 0) |", "|---|---|---|---|---|"]
-        for name, t in traj.items():
-            lines.append(f"| {name} | {t['prompts']} | {t['tokens']} | {t['mean_score']:.2f} | "
-                         f"{_pct(t['share_tokens_harmful'])}% |")
-    if results.get("plots"):
-        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results["plots"].values())]
-    return "\n".join(lines) + "\n"
-
-
-def _rate_cell(cell: dict[str, Any] | None) -> str:
-    if not cell:
-        return "-"
-    lo, hi = cell["ci95"]
-    return f"{_pct(cell['rate'])} ({_pct(lo)}-{_pct(hi)})"
-
-
-def _kl_cell(cell: dict[str, Any] | None) -> str:
-    if not cell or cell.get("value") is None:
-        return "-"
-    lo, hi = cell["ci95"]
-    return f"{cell['value']:.4f} ({lo:.4f}-{hi:.4f})"
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)

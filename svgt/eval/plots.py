@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,6 +174,39 @@ def plot_frontier(
         return _save(fig, out_path)
     finally:
         plt.close(fig)
+
+
+def write_plots(results: dict[str, Any], trajectories: dict[str, list[list[float]]], refresh_interval: int,
+                max_new_tokens: int, plots_dir: Path) -> dict[str, str]:
+    """The evaluate step's plots (score trajectories, main table, frontier): name -> path written."""
+    written = {}
+    if trajectories:
+        width = max(len(r) for rows in trajectories.values() for r in rows)
+        padded = {m: [r + [math.nan] * (width - len(r)) for r in rows] for m, rows in trajectories.items()}
+        path = plot_score_trajectories(padded, plots_dir / "eval_trajectory.png",
+                                       refresh_points=list(range(refresh_interval, width, refresh_interval)))
+        written["trajectory"] = str(path)
+    values, errors = {}, {}
+    for name, entry in results["methods"].items():
+        for key in ("harmful_response_rate", "harmful_response_rate_heldout", "asr", "refusal_harmful",
+                    "over_refusal_sensitive"):
+            if key in entry:
+                values.setdefault(key, {})[name] = entry[key]["rate"]
+                errors.setdefault(key, {})[name] = tuple(entry[key]["ci95"])
+    if values:
+        written["main"] = str(plot_main_table(values, plots_dir / "eval_main.png", errors=errors))
+    points, bars = {}, {}
+    x_key = "over_refusal_sensitive" if any("over_refusal_sensitive" in e for e in results["methods"].values()) \
+        else "over_refusal_benign"
+    for name, e in results["methods"].items():
+        if "harmful_compliance" in e and x_key in e:
+            points[name] = (e[x_key]["rate"], e["harmful_compliance"]["rate"])
+            bars[name] = (tuple(e[x_key]["ci95"]), tuple(e["harmful_compliance"]["ci95"]))
+    if points:
+        label = ("over-refusal on benign sensitive prompts (%)" if x_key == "over_refusal_sensitive"
+                 else "over-refusal on benign prompts (%)")
+        written["frontier"] = str(plot_frontier(points, plots_dir / "eval_frontier.png", errors=bars, xlabel=label))
+    return written
 
 
 def _save(fig, out_path: str | Path) -> Path:

