@@ -9,7 +9,7 @@ process, on the embedded backbone (``data/backbone``) with a small ``--max-new-t
 * prompts/s.
 
 Writes ``OUT.json`` and ``OUT.md`` atomically. A benchmark, not a test: nothing is asserted. The matching
-test (tests/test_faults_generate_load.py) runs the same measurement on a tiny random model with a bound.
+test (tests/faults/test_faults_generate_load.py) runs the same measurement on a tiny random model with a bound.
 
     .venv/bin/python benchmarks/bench_generate_load.py                  # 100 and 1000 prompts, 4 new tokens
     .venv/bin/python benchmarks/bench_generate_load.py --counts 10 50 --max-new-tokens 2 --out /tmp/load

@@ -1,11 +1,8 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-# the tests import helpers from tests/tiny.py
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,11 +81,10 @@ def embedded_snapshot(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A tiny random Llama snapshot, a small labelled dataset and its extracted hidden states."""
-    from tiny import canonical_frame, save_tiny_model_dir
-
     from svgt.backbone import build_snapshot
     from svgt.core.params import BackboneConfig, ExtractConfig
     from svgt.extract.step import extract_hidden_states
+    from tests.tiny import canonical_frame, save_tiny_model_dir
 
     root = tmp_path_factory.mktemp("tiny-pipeline")
     src = save_tiny_model_dir(root / "src", "llama", num_layers=4)
