@@ -59,6 +59,11 @@ correction step differentiates its discriminator; their outputs are detached):
 
 ``bridge_fn=None`` and ``inject_fn=None`` gives plain cached decoding, identical to greedy
 ``model.generate``.
+
+Why this module is longer than the others (~650 lines): ``_CachedDecoder`` keeps one invariant across the
+prefill, the bridge rows, the gate and both refresh modes (which cache rows hold which positions); split
+over files it would be harder to check. Prompt grouping lives in ``prompt_pass`` and the uncached reference
+in ``reference``.
 """
 
 from __future__ import annotations
