@@ -160,9 +160,8 @@ def test_refusals_are_deterministic_varied_and_topic_aware():
 def test_full_card_adds_extraction_numbers(tmp_path):
     import json
 
-    from tests.tiny import canonical_frame
-
     from svgt.data.card import Provenance, write_dataset_card, write_full_card
+    from tests.tiny import canonical_frame
 
     frame = canonical_frame(12)
     write_dataset_card(frame, Provenance(kind="sources", seed=1), tmp_path / "CARD.md")
@@ -174,3 +173,22 @@ def test_full_card_adds_extraction_numbers(tmp_path):
     assert ("Layer l* = 15; 12 examples (train 4, val 4, test 4); 2000 tokens, of which this run computed 1234 in "
             "12.5 s wall (531.0 tokens/s of compute) and reused 3 stored shard(s); 1 prompts") in text
     assert "| train | 4 |" in text and (tmp_path / "full.md").read_text() == text
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"prompt": "p", "response": "r", "category": "c"}\n{"prompt": "p"\n', "x.jsonl:2: not a JSON object"),
+    (b'{"prompt": "p", "response": "r"}\n', "x.jsonl:1: expected an object with keys ['category', 'prompt', "),
+    (b'{"prompt": "", "response": "r", "category": "c"}\n', "x.jsonl:1: 'prompt' must be a non-empty string"),
+    (b'{"prompt": "p", "response": "r", "category": "c"}\n\xff\n', "x.jsonl:2: not UTF-8 text"),
+    (b"", "x.jsonl: no records"),
+])
+def test_a_bad_examples_file_is_named_with_its_line(tmp_path, monkeypatch, content, message):
+    import svgt.data.benign as benign
+    from svgt.core.errors import BadInput
+
+    (tmp_path / "svgt.data" / "seed_data").mkdir(parents=True)
+    (tmp_path / "svgt.data" / "seed_data" / "x.jsonl").write_bytes(content)
+    monkeypatch.setattr(benign, "files", lambda package: tmp_path / package)
+    text = benign._text
+    with pytest.raises(BadInput, match=re.escape(f"svgt/data/seed_data/{message}")):
+        benign._read_jsonl("x.jsonl", {"prompt": text, "response": text, "category": text})
