@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,32 @@ def ensure_ray(cfg: RayConfig, *, in_cluster: bool = False) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         need = cfg.num_workers * cfg.cpus_per_worker + 1  # +1 for Ray Train's controller
-        ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        _drop_token_auth_notice()
+        # with the dashboard: Ray's state API needs it, and without it Ray Train's placement-group cleaner warns
+        # every second that it cannot query the controller (it costs ~3 s per stage; the port is a free one)
+        ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=_free_port(), log_to_driver=True)
     return True
+
+
+class _TokenAuthNotice(logging.Filter):
+    """Ray 2.60 turns token authentication on for every local cluster it starts, and says so as a WARNING; on a
+    cluster svgt starts for one stage that is the expected state, not a problem (a disabled one still warns)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _drop_token_auth_notice() -> None:
+    target = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthNotice) for f in target.filters):
+        target.addFilter(_TokenAuthNotice())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_exists(storage: str, name: str) -> bool:

@@ -48,7 +48,7 @@ def test_stage1_on_ray_train_and_killed_worker_resumes(tiny_pipeline, tmp_path, 
     assert resumed == clean.history
 
 
-def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root, caplog):
+def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root, caplog, capfd):
     import yaml
 
     from svgt.cli import main
@@ -64,6 +64,11 @@ def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root
               "--metrics", str(tmp_path / "metrics"), "--plots", str(tmp_path / "plots")]
     assert main([*common, "--stage", "1", "--out", str(tmp_path / "m1")]) == 0
     assert main([*common, "--stage", "2", "--init", str(tmp_path / "m1"), "--out", str(tmp_path / "m2")]) == 0
+    # a run that succeeds prints nothing alarming: no state-API warnings from Ray Train's placement-group cleaner
+    # (the local Ray has its dashboard), no notice that token authentication is on (it is, as it should be)
+    printed = "".join(capfd.readouterr())
+    assert "Failed to query Ray Train Controller actor state" not in printed
+    assert "Token authentication is enabled" not in printed
     m2 = json.loads((tmp_path / "metrics/stage2.json").read_text())
     for key in ("test_pair_auroc", "test_pair_stage1_auroc", "test_pair_f1", "train_seconds"):
         assert key in m2
