@@ -92,6 +92,9 @@ def ensure_ray(cfg: RayConfig, *, in_cluster: bool = False) -> bool:
     else:
         need = cfg.num_workers * cfg.cpus_per_worker + 1  # +1 for Ray Train's controller
         _drop_token_auth_notice()
+        # one machine that svgt owns for the stage: no node can be preempted, so no watcher (whose actor Ray's
+        # core logs at error level for keeping restartable constructor arguments in the object store)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # with the dashboard: Ray's state API needs it, and without it Ray Train's placement-group cleaner warns
         # every second that it cannot query the controller (it costs ~3 s per stage; the port is a free one)
         ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1",
