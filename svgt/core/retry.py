@@ -82,14 +82,31 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+# Ray's own failures (a process, an actor, a node or an object lost): a rerun gets new ones
+_RAY_SYSTEM_FAILURES = frozenset({"RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+                                  "WorkerCrashedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
+                                  "ObjectReconstructionFailedError", "RaySystemError"})
+
+
+def _ray_failure_is_transient(exc: BaseException) -> bool:
+    """A Ray error: transient if Ray itself failed; if it wraps errors from our code (a task's ``cause``, a Train
+    run's ``worker_failures``), as transient as those are: a worker that refused its config fails again."""
+    if type(exc).__name__ in _RAY_SYSTEM_FAILURES:
+        return True
+    failures = getattr(exc, "worker_failures", None)
+    wrapped = [*(failures.values() if isinstance(failures, dict) else ()), getattr(exc, "cause", None), exc.__cause__]
+    return any(is_transient(e) for e in wrapped if isinstance(e, BaseException))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether running the step again could help: the one rule for `svgt`'s exit code 75 and Prefect's retries.
 
-    Walking the chain of errors ``exc`` was raised from: a ``Transient`` error (a connection that kept failing, a
-    Ray Train run that died) or an error of Ray itself (a lost node or actor) is; bad input, a failed
-    verification, validation or gate is not, since a retry fails the same way after repeating up to an hour of
-    work; otherwise connection trouble decides (``is_connection_error``: a full disk, a missing file or a denied
-    request will not go away), so an error raised from a ConnectionError (say a RegistryError) is transient.
+    Walking the chain of errors ``exc`` was raised from: a ``Transient`` error (a connection that kept failing) or
+    a failure of Ray itself (a lost node, actor or object) is, and a Ray error wrapping our code's error is as
+    transient as that error; bad input, a failed verification, validation or gate is not, since a retry fails the
+    same way after repeating up to an hour of work; otherwise connection trouble decides
+    (``is_connection_error``: a full disk, a missing file or a denied request will not go away), so an error
+    raised from a ConnectionError (say a RegistryError) is transient.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -100,7 +117,7 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, BadInput | VerificationFailed | StepFailed):
             return False
         if any(cls.__module__.split(".")[0] == "ray" for cls in type(current).__mro__):
-            return True
+            return _ray_failure_is_transient(current)
         current = current.__cause__
     return is_connection_error(exc)
 

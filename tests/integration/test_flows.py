@@ -559,7 +559,8 @@ def test_prefect_deploy_creates_the_deployments_and_the_event_trigger_starts_a_r
 
     from flows.events import emit_dataset_updated
 
-    for name in ("flows", "prefect.yaml", "params.yaml"):  # deploy from a copy: the checkout stays untouched
+    # deploy from a copy (the checkout stays untouched); the flows read the steps from dvc.yaml
+    for name in ("flows", "prefect.yaml", "params.yaml", "dvc.yaml"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="svgt-process", type="process"))

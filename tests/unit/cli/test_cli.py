@@ -136,3 +136,28 @@ def test_conflicting_options_exit_2_and_failed_gates_exit_3(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "FAILED min_harmful_refusal_gain" in captured.out
     assert "gate(s) failed (see above)" in captured.err and not (tmp_path / "mlruns").exists()
+
+
+def _ray_error(name: str, **attrs) -> BaseException:
+    """An exception class as Ray defines it (its module is Ray's): only the name and module matter to the rule."""
+    cls = type(name, (RuntimeError,), {"__module__": "ray.exceptions"})
+    err = cls(name)
+    for key, value in attrs.items():
+        setattr(err, key, value)
+    return err
+
+
+def test_ray_failures_are_transient_but_our_errors_inside_ray_are_not():
+    from svgt.core.retry import is_transient
+    from svgt.model import ValueModuleError
+    from svgt.training.ray_runner import TrainingError
+
+    assert is_transient(_ray_error("ActorDiedError"))  # a lost worker: a rerun gets a new one
+    refused = ValueModuleError("ValueModuleConfig: d_v 16 is not divisible by encoder_heads 3")
+    run_failed = TrainingError("stage 1 failed in Ray Train run x")
+    run_failed.__cause__ = _ray_error("TrainingFailedError", worker_failures={0: refused})
+    assert not is_transient(run_failed) and exit_code(run_failed) == 1  # the worker refuses it again
+    lost = TrainingError("stage 1 failed in Ray Train run x")
+    lost.__cause__ = _ray_error("TrainingFailedError", worker_failures={0: _ray_error("ActorDiedError")})
+    assert is_transient(lost) and exit_code(lost) == 75
+    assert not is_transient(_ray_error("RayTaskError", cause=ValueError("bad row")))
