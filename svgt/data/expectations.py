@@ -26,10 +26,9 @@ _NOT_NULL_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if not f.nullable)
 _NULLABLE_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if f.nullable)
 # GX's pandas type check compares the column dtype against these names (pandas nullable integers:
 # labels are read with pyarrow's types_mapper so int8-with-nulls does not become float64).
-_INT_DTYPES = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
-_LABEL_TYPE_LIST = [f"{name}Dtype" for name in _INT_DTYPES]
+INT_DTYPES = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
+_LABEL_TYPE_LIST = [f"{name}Dtype" for name in INT_DTYPES]
 _TEXT_TYPE_LIST = ["str"]
-_ARROW_TO_PANDAS_INT = {getattr(pa, name.lower())(): getattr(pd, f"{name}Dtype")() for name in _INT_DTYPES}
 
 
 def is_text(typ: pa.DataType) -> bool:

@@ -39,10 +39,7 @@ import pyarrow.parquet as pq
 from svgt.core.errors import BadInput
 from svgt.core.io import atomic_dir, sha256_file, write_json_atomic
 from svgt.core.params import ValidateConfig
-from svgt.data.expectations import Plan, build_plan, is_text
-from svgt.data.schema import (
-    CANONICAL_SCHEMA,
-)
+from svgt.data.expectations import INT_DTYPES, Plan, build_plan, is_text
 
 # GX reads these when it is imported: no usage statistics, no network calls.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -53,15 +50,8 @@ SITE_NAME = "svgt_data_docs"
 SUITE_NAME = "svgt_canonical_dataset"
 MAX_EXAMPLES = 5
 
-# nullable=False in the canonical schema
-_NOT_NULL_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if not f.nullable)
-_NULLABLE_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if f.nullable)
-# GX's pandas type check compares the column dtype against these names (pandas nullable integers:
-# labels are read with pyarrow's types_mapper so int8-with-nulls does not become float64).
-_INT_DTYPES = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
-_LABEL_TYPE_LIST = [f"{name}Dtype" for name in _INT_DTYPES]
-_TEXT_TYPE_LIST = ["str"]
-_ARROW_TO_PANDAS_INT = {getattr(pa, name.lower())(): getattr(pd, f"{name}Dtype")() for name in _INT_DTYPES}
+# labels are read with pyarrow's types_mapper so int8-with-nulls does not become float64
+_ARROW_TO_PANDAS_INT = {getattr(pa, name.lower())(): getattr(pd, f"{name}Dtype")() for name in INT_DTYPES}
 
 
 class DataValidationError(BadInput):
