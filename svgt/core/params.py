@@ -177,6 +177,13 @@ class Stage3Config:
     max_train_rows: int = 0  # 0: every stage-3 train row; else a seeded sample (CPU budgets)
     max_val_rows: int = 64
     train_inject: bool = True  # also train the SVGT-Inject ablation's projector (same losses, no bridge)
+    # refreshed bridges per example and step: decoding rebuilds the bridge every r tokens; each of these draws one
+    # refresh at random and teacher-forces the tokens it guides through [P; B_k; R] (0: only the first bridge)
+    refresh_segments: int = 0
+
+    def __post_init__(self) -> None:
+        if self.refresh_segments < 0:
+            raise ConfigError(f"train.stage3.refresh_segments must be >= 0, got {self.refresh_segments}")
     # prompt rows' upper-block keys/values are computed once and reused every epoch, up to this much memory
     prefix_cache_mb: float = 2048.0
 

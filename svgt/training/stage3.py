@@ -8,6 +8,9 @@ prompt P, the upper blocks run on [H_P; B; H_R] with shifted positions, teacher-
 where s is the value module's score of the response states just above the insertion (the output of
 block l*+1) and B is built from h_v (the last prompt state) and z = E(H_P). The lower blocks never see
 the bridge, so their outputs H_P, H_R are read from the extracted hidden states instead of recomputed.
+With ``refresh_segments`` the behaviour term also covers refreshed bridges: decoding rebuilds the bridge
+every r tokens (momentum blend with a bridge from the answer so far), and the tokens after refresh k are
+teacher-forced through [H_P; B_k; H_R] exactly as decoding computes them.
 With ``train_inject`` the inject projector learns from the same losses with its delta added to the
 residual stream at block l* (no bridge tokens).
 """
@@ -209,28 +212,29 @@ class BehaviourObjective:
         self._base_cache = (key, base)
         return base
 
-    def _losses(self, top, above, offset: int, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
-        """The behaviour term on each response token (tail row ``offset + j``, predicted by the row before
-        it) and the safety term on the response rows of block l*+1.
-
-        Behaviour: CE on the target token; with ``benign_target="backbone"`` the tokens of benign prompts
-        instead take KL(backbone || guided), so the bridge learns to refuse harmful prompts without
-        pulling benign answers toward the dataset's (often off-distribution for the backbone) wording.
+    def _behaviour(self, top, offset: int, batch, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The behaviour term on each kept response token j (tail row ``offset + j``, predicted by the row
+        before it): CE on the target token; with ``benign_target="backbone"`` the tokens of benign prompts
+        instead take KL(backbone || guided), so the bridge learns to refuse harmful prompts without pulling
+        benign answers toward the dataset's (often off-distribution for the backbone) wording. ``keep``
+        [B, T] limits the term to some target tokens (a refreshed bridge's segment); None keeps all.
         """
         targets, tmask = _pad([e.response_ids for e in batch])
+        use = tmask if keep is None else tmask & keep[:, : tmask.shape[1]]
         rows = torch.arange(offset, offset + targets.shape[1], device=top.device)
-        # the LM head (the largest matmul here) runs only on the rows that predict a real target token
-        logits = self.runner.logits(top[:, rows - 1][tmask])
-        position = torch.arange(targets.shape[1], device=top.device).expand_as(targets)[tmask]
+        # the LM head (the largest matmul here) runs only on the rows that predict a kept target token
+        logits = self.runner.logits(top[:, rows - 1][use])
+        position = torch.arange(targets.shape[1], device=top.device).expand_as(targets)[use]
         weight = torch.where(position < self.lead_tokens, self.lead_weight, 1.0)
-        token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[tmask], reduction="none")
+        token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[use], reduction="none")
         out: dict[str, torch.Tensor] = {}
         if self.benign_target == "backbone":
-            harmful = torch.tensor([e.harmful for e in batch], device=top.device)[:, None].expand_as(targets)[tmask]
+            harmful = torch.tensor([e.harmful for e in batch], device=top.device)[:, None].expand_as(targets)[use]
             kl = torch.zeros_like(token_loss)
-            benign = [e for e in batch if not e.harmful]
+            benign = [i for i, e in enumerate(batch) if not e.harmful]
             if benign:
-                base = self._backbone_logprobs(benign)
+                # the backbone's log-probs cover every target token of the benign examples: keep the used ones
+                base = self._backbone_logprobs([batch[i] for i in benign])[use[benign][tmask[benign]]]
                 guided = torch.log_softmax(logits[~harmful].float(), dim=-1)
                 kl[~harmful] = (base.exp() * (base - guided)).sum(-1)
             out["kl"] = kl.sum() / (~harmful).sum().clamp(min=1)
@@ -239,6 +243,13 @@ class BehaviourObjective:
         else:
             out["ce"] = weighted_mean(token_loss, weight)
         out["behaviour"] = weighted_mean(token_loss, weight)
+        return out
+
+    def _losses(self, top, above, offset: int, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
+        """The behaviour term on every response token and the safety term on the response rows of block l*+1."""
+        out = self._behaviour(top, offset, batch)
+        targets, tmask = _pad([e.response_ids for e in batch])
+        rows = torch.arange(offset, offset + targets.shape[1], device=top.device)
         _, s = self.module.score(above[:, rows], tmask, prompt, prompt_mask)
         return out | {"safety": safety_loss(s), "score": s.detach().mean()}
 
@@ -253,13 +264,91 @@ class BehaviourObjective:
         above, top = self._upper(batch, False, tails)
         return bridge, above, top, prompt, prompt_mask
 
+    def _refreshed_bridge(self, batch: Sequence[TargetExample], segment: Sequence[int]) -> torch.Tensor:
+        """Per example i, the bridge guided decoding uses for target tokens [k r, (k + 1) r), k = segment[i]:
+        the first bridge blended (momentum) with a new one at each refresh j r, j <= k. A new bridge comes
+        from z_j, the answer so far (its first j r target tokens) judged in its prompt's context, and h_v =
+        the last prompt state (``refresh_context="response"``, the paper), or from the state of token j r - 1
+        alone (``"token"``), exactly as ``svgt.decoding.guidance.ValueGuidance.bridge_fn`` builds it.
+        Differentiable w.r.t. the bridge; the judgements z are not (the encoder is frozen)."""
+        cfg = self.module.config
+        r, beta = cfg.refresh_interval, cfg.momentum
+        prompt, prompt_mask = _pad([e.prompt_states for e in batch])
+        h_v = torch.stack([e.prompt_states[-1] for e in batch])
+        with torch.no_grad():
+            z, _ = self.module.score(prompt, prompt_mask)
+        bridge = self.module.bridge_tokens(h_v, z)
+        k = torch.tensor(list(segment), device=h_v.device)
+        for j in range(1, max(segment) + 1):
+            due = k >= j  # rows whose segment lies after this refresh (their targets are longer than j r)
+            rows = [i for i in range(len(batch)) if due[i]]
+            seen = torch.stack([batch[i].response_states[: j * r] for i in rows])  # [n, j r, d]
+            with torch.no_grad():
+                if cfg.refresh_context == "response":
+                    ones = torch.ones(seen.shape[:2], dtype=torch.bool, device=seen.device)
+                    z_j, _ = self.module.score(seen, ones, prompt[rows], prompt_mask[rows])
+                    anchor = h_v[rows]
+                else:
+                    anchor = seen[:, -1]
+                    ones = torch.ones(len(rows), 1, dtype=torch.bool, device=seen.device)
+                    z_j, _ = self.module.score(anchor[:, None], ones, prompt[rows], prompt_mask[rows])
+            fresh = bridge[rows] * beta + self.module.bridge_tokens(anchor, z_j) * (1.0 - beta)
+            bridge = bridge.index_put((torch.tensor(rows, device=bridge.device),), fresh)
+        return bridge
+
+    def _segment_forward(self, batch: Sequence[TargetExample], segment: Sequence[int]):
+        """(bridge, block L outputs on [B_k; R up to the segment's end], kept-token mask [B, T]) for refresh
+        segment ``segment[i]`` of each example (0: the first bridge)."""
+        r = self.module.config.refresh_interval
+        bridge = self._refreshed_bridge(batch, segment)
+        ends = [min(len(e.response_ids), (k + 1) * r) for e, k in zip(batch, segment, strict=True)]
+        tails = [torch.cat([bridge[i], e.response_states[:end]])
+                 for i, (e, end) in enumerate(zip(batch, ends, strict=True))]
+        _, top = self._upper(batch, False, tails)
+        width = max(len(e.response_ids) for e in batch)
+        position = torch.arange(width, device=top.device)
+        keep = torch.stack([(position >= k * r) & (position < end) for k, end in zip(segment, ends, strict=True)])
+        return bridge, top, keep
+
+    def segments(self, example: TargetExample) -> int:
+        """How many bridges guided decoding uses on the example's target tokens (1 + its refreshes)."""
+        return 1 + (len(example.response_ids) - 1) // self.module.config.refresh_interval
+
     @torch.no_grad()
-    def bridge_logits(self, batch: Sequence[TargetExample]) -> list[torch.Tensor]:
+    def bridge_logits(self, batch: Sequence[TargetExample], refresh: bool = False) -> list[torch.Tensor]:
         """Per example, the guided next-token logits [T, V] on its target tokens: what training fits, and what
-        guided decoding computes for the same tokens before the first refresh."""
+        guided decoding computes for the same tokens (every row guided from the first token); with
+        ``refresh`` the refreshed bridges are used from each refresh on (else the first bridge throughout,
+        decoding without refreshes)."""
         bridge, _, top, _, _ = self._bridge_forward(batch)
         k = bridge.shape[1]
-        return [self.runner.logits(top[i, k - 1: k - 1 + len(e.response_ids)]) for i, e in enumerate(batch)]
+        out = [self.runner.logits(top[i, k - 1: k - 1 + len(e.response_ids)]) for i, e in enumerate(batch)]
+        for seg in range(1, max(self.segments(e) for e in batch) if refresh else 1):
+            rows = [i for i, e in enumerate(batch) if self.segments(e) > seg]
+            _, top, keep = self._segment_forward([batch[i] for i in rows], [seg] * len(rows))
+            for n, i in enumerate(rows):
+                tokens = keep[n].nonzero().flatten()
+                out[i][tokens] = self.runner.logits(top[n, k - 1 + tokens])
+        return out
+
+    def refresh_losses(self, batch: Sequence[TargetExample], per_example: int) -> dict[str, torch.Tensor] | None:
+        """The behaviour term (CE on refusals, KL to the backbone on benign answers) under refreshed bridges:
+        ``per_example`` refresh segments drawn at random (torch's RNG) from each example's refreshes, each
+        teacher-forced through [P; B_k; R] as decoding computes it after the k-th refresh. None when no
+        example in the batch is long enough to be refreshed."""
+        picks: list[tuple[int, int]] = []
+        for i, e in enumerate(batch):
+            count = self.segments(e) - 1
+            if count > 0:
+                drawn = torch.randperm(count)[: per_example] + 1
+                picks += [(i, int(seg)) for seg in drawn]
+        if not picks:
+            return None
+        chosen = [batch[i] for i, _ in picks]
+        bridge, top, keep = self._segment_forward(chosen, [seg for _, seg in picks])
+        out = self._behaviour(top, bridge.shape[1], chosen, keep)
+        out["total"] = self.w_ce * out["behaviour"]
+        return out
 
     def bridge_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
         bridge, above, top, prompt, prompt_mask = self._bridge_forward(batch)
@@ -322,6 +411,10 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
             inj = objective.inject_losses(batch)
             loss = loss + inj["total"]
             metrics |= {f"inject_{k}": float(v.detach()) for k, v in inj.items()}
+        refreshed = objective.refresh_losses(batch, cfg.refresh_segments) if cfg.refresh_segments else None
+        if refreshed is not None:
+            loss = loss + refreshed["total"]
+            metrics |= {f"refresh_{k}": float(v.detach()) for k, v in refreshed.items()}
         loss.backward()
         average_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

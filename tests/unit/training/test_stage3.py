@@ -236,3 +236,75 @@ def test_training_logits_equal_guided_decoding_logits_for_the_same_tokens(tiny_p
         gap = (trained[i] - decoded.logits[i]).abs().max().item()
         effect = (plain.logits[i] - decoded.logits[i]).abs().max().item()
         assert gap < 1e-4 and effect > 100 * gap, (gap, effect)
+
+
+@pytest.mark.parametrize("context", ["response", "token"])
+def test_training_logits_equal_guided_decoding_logits_across_refreshes(tiny_pipeline, stage2_module, context):
+    """With refreshes inside the target (r = 3 over 8 tokens: bridges rebuilt before tokens 3 and 6, blended with
+    momentum), the teacher-forced logits of the refreshed-bridge objective equal `guided_generate`'s along the
+    same tokens, and differ from the first bridge's after the first refresh (so the refresh is really there)."""
+    from svgt.decoding.guidance import generate_with_module
+    from svgt.training.stages import initial_module
+
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    sharpen_attention(model, first_block=store.layer)
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet").set_index("id")
+    module = initial_module(job, store).eval()
+    module.config = dataclasses.replace(module.config, refresh_interval=3, momentum=0.6, refresh_context=context)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        module.bridge.gate.fill_(3.0)
+        for p in module.bridge.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    targets = load_targets(store, frame.reset_index(), tok, "train", 8, 8, 0)
+    targets = [e for e in targets if len(e.response_ids) == 8][:3]
+    assert targets
+    objective = BehaviourObjective(module, BlockRunner(model), (0.5, 2.0, 0.1))
+    refreshed = objective.bridge_logits(targets, refresh=True)
+    first_only = objective.bridge_logits(targets)
+    decoded = generate_with_module(model, tok, [frame.at[e.id, "prompt"] for e in targets], module=module,
+                                   method="svgt", threshold=None, return_scores=True,
+                                   forced_tokens=[e.response_ids.tolist() for e in targets], max_new_tokens=8,
+                                   stop_token_ids=())
+    for i, e in enumerate(targets):
+        assert decoded.token_ids[i] == e.response_ids.tolist()
+        gap = (refreshed[i] - decoded.logits[i]).abs().max().item()
+        before = (first_only[i][:3] - decoded.logits[i][:3]).abs().max().item()
+        after = (first_only[i][3:] - decoded.logits[i][3:]).abs().max().item()
+        assert gap < 1e-4 and before < 1e-4, (gap, before)
+        assert after > 100 * gap, (after, gap)
+
+
+def test_refresh_losses_train_the_bridge_on_refreshed_segments(tiny_pipeline, stage2_module):
+    """The refreshed-segment objective reaches the bridge's parameters, draws its segments from torch's RNG
+    (a seed repeats them) and skips examples too short to be refreshed."""
+    from svgt.training.stages import initial_module
+
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    module = initial_module(job, store)
+    module.configure_stage(3)
+    module.config = dataclasses.replace(module.config, refresh_interval=3)
+    targets = load_targets(store, pd.read_parquet(tiny_pipeline / "values.parquet"), tok, "train", 8, 6, 0)
+    objective = BehaviourObjective(module, BlockRunner(model), (0.5, 2.0, 0.1), benign_target="backbone")
+    torch.manual_seed(0)
+    out = objective.refresh_losses(targets, 2)
+    torch.manual_seed(0)
+    again = objective.refresh_losses(targets, 2)
+    assert out is not None and out["total"].item() == again["total"].item() > 0
+    out["total"].backward()
+    with_grad = {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad and all(n.startswith("bridge.") for n in with_grad)
+    short = [dataclasses.replace(e, response_ids=e.response_ids[:3], response_states=e.response_states[:3])
+             for e in targets]
+    assert objective.refresh_losses(short, 1) is None  # 3 tokens at r = 3: no refresh inside the target
+
+
+def test_refresh_segments_must_not_be_negative():
+    from svgt.core.params import ConfigError
+
+    with pytest.raises(ConfigError, match="train.stage3.refresh_segments must be >= 0, got -1"):
+        Stage3Config(refresh_segments=-1)
