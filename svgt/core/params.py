@@ -180,10 +180,15 @@ class Stage3Config:
     # refreshed bridges per example and step: decoding rebuilds the bridge every r tokens; each of these draws one
     # refresh at random and teacher-forces the tokens it guides through [P; B_k; R] (0: only the first bridge)
     refresh_segments: int = 0
+    # which epoch's weights the stage exports: the one with the lowest value of this validation metric (None:
+    # the last); with patience > 0 training stops after that many epochs without a new best
+    select: str | None = "val_total"
+    patience: int = 0
 
     def __post_init__(self) -> None:
-        if self.refresh_segments < 0:
-            raise ConfigError(f"train.stage3.refresh_segments must be >= 0, got {self.refresh_segments}")
+        for key in ("refresh_segments", "patience"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.stage3.{key} must be >= 0, got {getattr(self, key)}")
     # prompt rows' upper-block keys/values are computed once and reused every epoch, up to this much memory
     prefix_cache_mb: float = 2048.0
 

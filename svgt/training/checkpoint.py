@@ -19,6 +19,7 @@ from svgt.core.io import atomic_path, write_json_atomic
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
+BEST = "best."  # tensor-name prefix of the best epoch's module weights
 
 
 @dataclass
@@ -30,13 +31,18 @@ class Progress:
     # running sums of the train metrics over the batches of `epoch` already consumed, so that a resumed
     # epoch reports the same means as an uninterrupted one
     epoch_sums: dict[str, float] = field(default_factory=dict)
+    # with a selection metric: the finished epoch whose weights scored best on it (their copy is saved in the
+    # checkpoint as ``best.*`` and is what the stage exports), and that score
+    best_epoch: int = 0
+    best_value: float | None = None
 
 
 def save_checkpoint(directory: str | Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-                    progress: Progress) -> None:
+                    progress: Progress, best: dict[str, torch.Tensor] | None = None) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"module.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    tensors |= {f"{BEST}{k}": v.detach().contiguous().cpu() for k, v in (best or {}).items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, state in opt["state"].items():
@@ -66,3 +72,11 @@ def load_checkpoint(directory: str | Path, module: nn.Module, optimizer: torch.o
         state.setdefault(int(idx), {}).update(values)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return Progress(**meta["progress"])
+
+
+def module_weights(directory: str | Path, best: bool = True) -> dict[str, torch.Tensor]:
+    """The module's weights in a checkpoint: the best epoch's where the loop selected one (and ``best``),
+    else the latest."""
+    tensors = load_file(str(Path(directory) / STATE_TENSORS))
+    prefix = BEST if best and any(k.startswith(BEST) for k in tensors) else "module."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -4,6 +4,9 @@ The loop knows nothing about Ray: it talks to a ``Session`` (Ray Train's in a wo
 directory in unit tests), so the same code runs in one CPU process or on a GPU cluster.
 Batches are a deterministic function of (seed, epoch) and the RNG is re-seeded per step, so a run
 resumed from a checkpoint takes exactly the steps an uninterrupted run would have taken.
+With ``LoopSpec.select`` the loop keeps the weights of the epoch with the lowest value of that validation
+metric (saved in every later checkpoint, so a resumed run keeps them too) and stops once ``patience``
+epochs have passed without a new best: the stage exports the best epoch, not the last.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from svgt.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+from svgt.core.params import ConfigError
+from svgt.training.checkpoint import Progress, load_checkpoint, module_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ class LoopSpec:
     checkpoint_every: int
     seed: int
     desc: str = "train"
+    select: str | None = None  # a metric of ``evaluate()`` to minimise: keep the best epoch's weights
+    patience: int = 0  # with ``select``: stop after this many epochs without a new best (0: run every epoch)
 
 
 Batch = Any
@@ -114,12 +120,18 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
     progress = Progress()
     latest = session.latest_checkpoint()
     resumed_from_step = None
+    best: dict[str, torch.Tensor] | None = None
     if latest is not None:
         progress = load_checkpoint(latest, module, optimizer)
+        best = module_weights(latest) if progress.best_epoch else None
         resumed_from_step = progress.step
         log.info("%s: resumed from the step-%d checkpoint (epoch %d, batch %d)", spec.desc, progress.step,
                  progress.epoch + 1, progress.batch_in_epoch)
     for epoch in range(progress.epoch, spec.epochs):
+        if spec.select and spec.patience and progress.best_epoch and epoch - progress.best_epoch >= spec.patience:
+            log.info("%s: stopped after epoch %d: %s has not improved on epoch %d's %.4f for %d epoch(s)", spec.desc,
+                     epoch, spec.select, progress.best_epoch, progress.best_value, spec.patience)
+            break
         batches = make_batches(epoch)
         module.train()
         sums: dict[str, float] = defaultdict(float, progress.epoch_sums)
@@ -135,7 +147,7 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
             bar.update(1)
             _maybe_die(progress.step)
             if progress.step % spec.checkpoint_every == 0 and i + 1 < len(batches):
-                _report(session, module, optimizer, progress, {"step": progress.step, "epoch": epoch + 1})
+                _report(session, module, optimizer, progress, {"step": progress.step, "epoch": epoch + 1}, best)
         bar.close()
         progress.epoch, progress.batch_in_epoch, progress.epoch_sums = epoch + 1, 0, {}
         module.eval()
@@ -143,8 +155,18 @@ def run_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSpec
                   **{f"train_{k}": v / max(len(batches), 1) for k, v in sums.items()}, **evaluate()}
         if resumed_from_step is not None:  # the epoch this attempt started in says where it picked up
             record[RESUMED_FROM_STEP], resumed_from_step = resumed_from_step, None
+        if spec.select:
+            value = record.get(spec.select)
+            if value is None or not math.isfinite(value):
+                known = sorted(k for k in record if k.startswith("val_"))
+                raise ConfigError(f"{spec.desc}: the selection metric {spec.select!r} is {value!r} after epoch "
+                                  f"{epoch + 1} (the validation metrics are {known})")
+            if progress.best_value is None or value < progress.best_value:
+                progress.best_epoch, progress.best_value = epoch + 1, float(value)
+                best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            record["best_epoch"] = progress.best_epoch
         progress.history.append(record)
-        _report(session, module, optimizer, progress, record)
+        _report(session, module, optimizer, progress, record, best)
     return progress
 
 
@@ -162,8 +184,8 @@ def _maybe_die(step: int) -> None:
 
 
 def _report(session: Session, module: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
-            metrics: dict[str, Any]) -> None:
+            metrics: dict[str, Any], best: dict[str, torch.Tensor] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="svgt-ckpt-") as tmp:
         if session.rank == 0:
-            save_checkpoint(tmp, module, optimizer, progress)
+            save_checkpoint(tmp, module, optimizer, progress, best)
         session.report(metrics, Path(tmp) if session.rank == 0 else None)

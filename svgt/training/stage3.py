@@ -221,10 +221,9 @@ class BehaviourObjective:
         """
         targets, tmask = _pad([e.response_ids for e in batch])
         use = tmask if keep is None else tmask & keep[:, : tmask.shape[1]]
-        rows = torch.arange(offset, offset + targets.shape[1], device=top.device)
+        example, position = use.nonzero(as_tuple=True)  # batch-then-position order, as ``[use]`` indexes
         # the LM head (the largest matmul here) runs only on the rows that predict a kept target token
-        logits = self.runner.logits(top[:, rows - 1][use])
-        position = torch.arange(targets.shape[1], device=top.device).expand_as(targets)[use]
+        logits = self.runner.logits(top[example, offset + position - 1])
         weight = torch.where(position < self.lead_tokens, self.lead_weight, 1.0)
         token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[use], reduction="none")
         out: dict[str, torch.Tensor] = {}
@@ -332,20 +331,21 @@ class BehaviourObjective:
         return out
 
     def refresh_losses(self, batch: Sequence[TargetExample], per_example: int) -> dict[str, torch.Tensor] | None:
-        """The behaviour term (CE on refusals, KL to the backbone on benign answers) under refreshed bridges:
-        ``per_example`` refresh segments drawn at random (torch's RNG) from each example's refreshes, each
-        teacher-forced through [P; B_k; R] as decoding computes it after the k-th refresh. None when no
-        example in the batch is long enough to be refreshed."""
-        picks: list[tuple[int, int]] = []
-        for i, e in enumerate(batch):
+        """The behaviour term under refreshed bridges for ``per_example`` refresh segments drawn at random
+        (torch's RNG) from each example's refreshes. None when no example in the batch is long enough to be
+        refreshed."""
+        picks: list[tuple[TargetExample, int]] = []
+        for e in batch:
             count = self.segments(e) - 1
             if count > 0:
-                drawn = torch.randperm(count)[: per_example] + 1
-                picks += [(i, int(seg)) for seg in drawn]
-        if not picks:
-            return None
-        chosen = [batch[i] for i, _ in picks]
-        bridge, top, keep = self._segment_forward(chosen, [seg for _, seg in picks])
+                picks += [(e, int(seg) + 1) for seg in torch.randperm(count)[: per_example]]
+        return self.segment_losses(picks) if picks else None
+
+    def segment_losses(self, picks: Sequence[tuple[TargetExample, int]]) -> dict[str, torch.Tensor]:
+        """The behaviour term (CE on refusals, KL to the backbone on benign answers) on the tokens of each
+        (example, k): those decoding predicts after its k-th refresh, teacher-forced through [P; B_k; R]."""
+        chosen = [e for e, _ in picks]
+        bridge, top, keep = self._segment_forward(chosen, [k for _, k in picks])
         out = self._behaviour(top, bridge.shape[1], chosen, keep)
         out["total"] = self.w_ce * out["behaviour"]
         return out
@@ -430,7 +430,7 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
                 sums[f"val_{k}"] = sums.get(f"val_{k}", 0.0) + float(v) / len(batches)
         return sums
 
-    spec = LoopSpec(cfg.epochs, t.checkpoint_every, t.seed, desc="stage 3")
+    spec = LoopSpec(cfg.epochs, t.checkpoint_every, t.seed, desc="stage 3", select=cfg.select, patience=cfg.patience)
     run_loop(module, optimizer, spec, lambda e: epoch_batches(train, cfg.batch_size, t.seed, e), train_step,
              evaluate, session, progress_bar)
     return module

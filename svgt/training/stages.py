@@ -18,6 +18,7 @@ import torch
 from svgt.eval.metrics import discrimination_metrics
 from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module
+from svgt.training.checkpoint import module_weights
 from svgt.training.data import SequenceExample, collate, load_stage_examples
 from svgt.training.job import StageJob
 from svgt.training.loop import LoopSpec, Session, run_loop
@@ -165,11 +166,8 @@ def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = T
 
 
 def module_from_checkpoint(job: StageJob, checkpoint_dir: str | Path) -> ValueModule:
-    """Rebuild the trained module from a loop checkpoint (weights only)."""
-    from safetensors.torch import load_file
-
+    """Rebuild the trained module from a loop checkpoint (weights only; the best epoch's where one was selected)."""
     store = HiddenStateStore(job.hidden_dir, verify=False)
     module = initial_module(job, store) if job.init_module else new_value_module(job, store)
-    tensors = load_file(str(Path(checkpoint_dir) / "state.safetensors"))
-    module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}, strict=True)
+    module.load_state_dict(module_weights(checkpoint_dir), strict=True)
     return module.eval()

@@ -303,6 +303,31 @@ def test_refresh_losses_train_the_bridge_on_refreshed_segments(tiny_pipeline, st
     assert objective.refresh_losses(short, 1) is None  # 3 tokens at r = 3: no refresh inside the target
 
 
+def test_segment_losses_are_the_ce_of_the_decoding_logits_on_the_segments_tokens(tiny_pipeline, stage2_module):
+    """The refreshed-segment loss on (example, k) is the CE of exactly the tokens decoding predicts after
+    refresh k (r = 3: tokens 3..5 for k = 1, 6..7 for k = 2), under the logits that decoding computes."""
+    from svgt.training.stages import initial_module
+
+    _, job = stage2_module
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    module = initial_module(job, store).eval()
+    module.config = dataclasses.replace(module.config, refresh_interval=3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        module.bridge.gate.fill_(2.0)
+    targets = [e for e in load_targets(store, pd.read_parquet(tiny_pipeline / "values.parquet"), tok, "train", 8, 8, 0)
+               if len(e.response_ids) == 8][:3]
+    objective = BehaviourObjective(module, BlockRunner(model), (1.0, 0.0, 0.0), benign_target="dataset")
+    logits = objective.bridge_logits(targets, refresh=True)
+    for k, tokens in ((1, slice(3, 6)), (2, slice(6, 8))):
+        with torch.no_grad():
+            got = objective.segment_losses([(e, k) for e in targets])["ce"].item()
+        want = torch.nn.functional.cross_entropy(torch.cat([x[tokens] for x in logits]),
+                                                 torch.cat([e.response_ids[tokens] for e in targets])).item()
+        assert got == pytest.approx(want, abs=1e-5), k
+
+
 def test_refresh_segments_must_not_be_negative():
     from svgt.core.params import ConfigError
 

@@ -166,3 +166,65 @@ def test_run_name_follows_what_the_stage_computes_not_where_it_runs(tiny_pipelin
                     dataclasses.replace(TRAIN, stage1=dataclasses.replace(TRAIN.stage1, lr=1e-3))):
         assert dataclasses.replace(base, train=dataclasses.asdict(changed)).run_name("fp") != base.run_name("fp")
     assert base.run_name("other inputs") != base.run_name("fp")
+
+
+def _toy_loop(session, select, patience, scores, epochs=5):
+    """A linear layer trained by SGD; ``scores`` are the validation values its epochs report, in order. Returns
+    (progress, the weights after each finished epoch)."""
+    from svgt.training.loop import LoopSpec, run_loop
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    after: list[dict[str, torch.Tensor]] = []
+    values = iter(scores)
+
+    def step(x):
+        optimizer.zero_grad()
+        module(x).pow(2).sum().backward()
+        optimizer.step()
+        return {"loss": 0.0}
+
+    def evaluate():
+        after.append({k: v.clone() for k, v in module.state_dict().items()})
+        return {"val_total": next(values)}
+
+    spec = LoopSpec(epochs, checkpoint_every=100, seed=0, select=select, patience=patience)
+    progress = run_loop(module, optimizer, spec, lambda e: [torch.ones(1, 2)] * 2, step, evaluate, session, False)
+    return progress, after, module
+
+
+def test_loop_keeps_the_best_epoch_and_stops_after_patience_epochs_without_one(tmp_path):
+    from svgt.training.checkpoint import module_weights
+
+    session = LocalSession(tmp_path / "a")
+    progress, after, _ = _toy_loop(session, "val_total", 2, [3.0, 1.0, 2.0, 2.5, 0.5])
+    # epoch 2 is the best; epochs 3 and 4 do not beat it, so epoch 5 never runs (its 0.5 is never seen)
+    assert progress.best_epoch == 2 and progress.best_value == 1.0
+    assert [r["epoch"] for r in progress.history] == [1, 2, 3, 4] and len(after) == 4
+    assert [r["best_epoch"] for r in progress.history] == [1, 2, 2, 2]
+    exported = module_weights(session.latest_checkpoint())  # what the stage exports: epoch 2's weights
+    for k, v in after[1].items():
+        torch.testing.assert_close(exported[k], v, atol=0, rtol=0)
+    latest = module_weights(session.latest_checkpoint(), best=False)
+    assert not torch.equal(latest["weight"], exported["weight"])
+    # a run stopped after epoch 3 and resumed keeps epoch 2's weights from the checkpoint through epoch 4
+    stopped = LocalSession(tmp_path / "c")
+    _, first, _ = _toy_loop(stopped, "val_total", 2, [3.0, 1.0, 2.0], epochs=3)
+    resumed, second, _ = _toy_loop(stopped, "val_total", 2, [2.5])
+    assert resumed.best_epoch == 2 and [r["epoch"] for r in resumed.history] == [1, 2, 3, 4] and len(second) == 1
+    torch.testing.assert_close(module_weights(stopped.latest_checkpoint())["weight"], first[1]["weight"],
+                               atol=0, rtol=0)
+    # without a selection metric the last epoch is exported and there is no best copy
+    plain = LocalSession(tmp_path / "b")
+    progress, after, _ = _toy_loop(plain, None, 0, [3.0, 1.0, 2.0], epochs=3)
+    assert progress.best_epoch == 0 and len(progress.history) == 3
+    torch.testing.assert_close(module_weights(plain.latest_checkpoint())["weight"], after[-1]["weight"], atol=0, rtol=0)
+
+
+def test_loop_names_a_selection_metric_that_evaluate_does_not_return(tmp_path):
+    from svgt.core.params import ConfigError
+
+    with pytest.raises(ConfigError, match=r"selection metric 'val_f1' is None after epoch 1 "
+                                          r"\(the validation metrics are \['val_total'\]\)"):
+        _toy_loop(LocalSession(tmp_path), "val_f1", 0, [1.0])
