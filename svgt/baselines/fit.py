@@ -27,7 +27,7 @@ from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.conva import fit_conva
 from svgt.baselines.data import gate_rows, preference_pairs, probe_rows, train_frame
 from svgt.baselines.dpo import fit_dpo
-from svgt.baselines.iti import fit_iti
+from svgt.baselines.iti import choose_alpha, fit_iti, side_effect_kl
 from svgt.baselines.neva import fit_neva, value_leakage
 from svgt.baselines.probes import holdout_split
 from svgt.baselines.re_control import fit_re_control
@@ -110,6 +110,20 @@ def fit_baselines_on(
             t0 = time.perf_counter()
             num_heads = int(model.config.get_text_config().num_attention_heads)
             baseline, info = fit_iti(acts.attn_in, safe, *split, num_heads, cfg.iti, seed=cfg.seed)
+            if cfg.iti.alpha is None:  # the strength from its side effect on held-out benign answers
+                held_out = rows.iloc[split[1].tolist()]
+                benign = held_out[held_out["prompt_harmful"].astype(int) == 0]
+                if benign.empty:
+                    raise BaselineError("iti: no benign prompt among the held-out probe rows to choose alpha on "
+                                        "(set baselines.iti.alpha)")
+                kls = side_effect_kl(model, tokenizer, baseline, list(zip(benign["prompt"], benign["response"],
+                                                                          strict=True)),
+                                     list(cfg.iti.alphas), encoding, cfg.batch_size)
+                baseline = dataclasses.replace(baseline, alpha=choose_alpha(kls, cfg.iti.max_kl))
+                info |= {"alpha": baseline.alpha, "alpha_kl": {f"{a:g}": round(k, 6) for a, k in kls.items()},
+                         "alpha_rows": len(benign)}
+                log.info("iti: alpha %g (KL on %d held-out benign answers: %s)", baseline.alpha, len(benign),
+                         ", ".join(f"{a:g}: {k:.3f}" for a, k in kls.items()))
             save(baseline, {**row_info, **info}, t0)
         if "conva" in chosen:
             t0 = time.perf_counter()

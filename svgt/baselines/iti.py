@@ -5,11 +5,17 @@ split into heads), probe safe-vs-harmful per head, keep the ``top_k`` heads by h
 Each kept head gets the mass-mean direction (mean safe minus mean harmful, unit length) and the standard
 deviation of the activations projected on it. Decoding: at every position, the kept heads' outputs get
 ``alpha * sigma * direction`` added before the output projection; every other head is left bit-identical.
+
+The strength alpha is chosen as the ITI paper does, by its side effect: the largest value of
+``iti.alphas`` whose mean per-token KL(unguided || ITI) along benign prompts' answers (held-out probe rows,
+teacher-forced) stays within ``iti.max_kl`` nats, unless ``iti.alpha`` fixes it. On the embedded backbone a
+fixed alpha of 5 made every answer empty (EOS first).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,6 +23,8 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
+from svgt.backbone.batching import pad_batch
+from svgt.baselines.activations import Encoding
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import add_at, block_parts, decoder_blocks, edit_input
 from svgt.baselines.probes import fit_probe
@@ -110,7 +118,8 @@ def fit_iti(
         directions.append(direction)
         sigmas.append((x @ direction).std())
     baseline = ITIBaseline(
-        heads=chosen, head_dim=head_dim, directions=torch.stack(directions), sigmas=torch.stack(sigmas), alpha=cfg.alpha
+        heads=chosen, head_dim=head_dim, directions=torch.stack(directions), sigmas=torch.stack(sigmas),
+        alpha=cfg.alpha if cfg.alpha is not None else max(cfg.alphas),  # None: ``choose_alpha`` sets it after the fit
     )
     summary = {
         "heads": [list(h) for h in chosen],
@@ -126,3 +135,39 @@ def fit_iti(
         accuracy.flatten()[top].max(),
     )
     return baseline, summary
+
+
+@torch.no_grad()
+def side_effect_kl(model: PreTrainedModel, tokenizer: Any, baseline: ITIBaseline, rows: list[tuple[str, str]],
+                   alphas: list[float], encoding: Encoding, batch_size: int = 8) -> dict[float, float]:
+    """Per alpha: the mean per-token KL(unguided || ITI at alpha), nats, of the next-token distributions
+    along each (prompt, answer) row's answer tokens, teacher-forced."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    sums = dict.fromkeys(alphas, 0.0)
+    tokens = 0
+    for start in range(0, len(rows), batch_size):
+        encoded = [encoding.encode(tokenizer, p, r) for p, r in rows[start:start + batch_size]]
+        ids, mask = pad_batch([p + r for p, r in encoded], int(pad), padding_side="right")
+        ids, mask = ids.to(device), mask.to(device)
+        # position t predicts token t + 1: the answer's tokens are predicted from len(p) - 1 on
+        keep = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (p, r) in enumerate(encoded):
+            keep[i, len(p) - 1: len(p) + len(r) - 1] = True
+        base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[keep].float(), dim=-1)
+        tokens += int(keep.sum())
+        for alpha in alphas:
+            with dataclasses.replace(baseline, alpha=alpha).applied(model):
+                shifted = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[keep].float(), dim=-1)
+            sums[alpha] += float((base.exp() * (base - shifted)).sum())
+    return {alpha: total / max(tokens, 1) for alpha, total in sums.items()}
+
+
+def choose_alpha(kls: dict[float, float], max_kl: float) -> float:
+    """The largest alpha whose side effect stays within ``max_kl`` (the smallest one tried if none does)."""
+    within = [alpha for alpha, kl in kls.items() if kl <= max_kl]
+    if not within:
+        log.warning("iti: every alpha tried exceeds max_kl %.3g nats/token (smallest: %.3g at alpha %g); using it",
+                    max_kl, min(kls.values()), min(kls))
+        return min(kls)
+    return max(within)

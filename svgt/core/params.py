@@ -279,7 +279,10 @@ class DPOBaselineConfig:
 @dataclass(frozen=True)
 class ITIBaselineConfig:
     top_k: int = 16  # attention heads shifted
-    alpha: float = 5.0  # shift strength, in activation standard deviations
+    alpha: float | None = None  # shift strength, in activation standard deviations (None: chosen from alphas)
+    # the largest of these whose mean KL(unguided || ITI) on held-out benign train rows stays within max_kl
+    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0])
+    max_kl: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,42 @@ def test_iti_shifts_only_the_chosen_heads(model, tok):
     assert torch.allclose(shifts[1].norm(), 3.0 * 2.0 * iti.directions[1].norm())
 
 
+def test_iti_side_effect_kl_is_zero_without_a_shift_and_grows_with_alpha(model, tok):
+    """The KL that chooses ITI's alpha: exactly 0 at alpha 0 (the hooks add nothing), the hand-computed KL of the
+    answer tokens' distributions otherwise, and larger for a stronger shift."""
+    from svgt.backbone.batching import pad_batch
+    from svgt.baselines.iti import side_effect_kl
+
+    torch.manual_seed(0)
+    iti = ITIBaseline(heads=[(1, 0), (2, 1)], head_dim=D // 4, directions=torch.randn(2, D // 4),
+                      sigmas=torch.tensor([1.0, 2.0]), alpha=1.0)
+    rows = [("How do I bake bread?", "Mix flour and water."), ("Name a sea.", "The North Sea.")]
+    encoding = Encoding(max_prompt_tokens=32, max_response_tokens=8)
+    kls = side_effect_kl(model, tok, iti, rows, [0.0, 1.0, 4.0], encoding, batch_size=1)
+    assert kls[0.0] == 0.0 and 0 < kls[1.0] < kls[4.0]
+    # by hand for alpha 1: one row at a time, the answer's tokens predicted from the prompt's last token on
+    total, count = 0.0, 0
+    for prompt, answer in rows:
+        p, r = encoding.encode(tok, prompt, answer)
+        ids, mask = pad_batch([p + r], int(tok.pad_token_id), padding_side="right")
+        span = slice(len(p) - 1, len(p) + len(r) - 1)
+        with torch.no_grad():
+            base = torch.log_softmax(model(input_ids=ids).logits[0, span], -1)
+            with iti.applied(model):
+                shifted = torch.log_softmax(model(input_ids=ids).logits[0, span], -1)
+        total += float((base.exp() * (base - shifted)).sum())
+        count += len(r)
+    assert kls[1.0] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_iti_alpha_is_the_largest_within_the_kl_budget():
+    from svgt.baselines.iti import choose_alpha
+
+    kls = {0.5: 0.01, 1.0: 0.04, 2.0: 0.09, 5.0: 0.8}
+    assert choose_alpha(kls, 0.1) == 2.0 and choose_alpha(kls, 0.04) == 1.0 and choose_alpha(kls, 1.0) == 5.0
+    assert choose_alpha(kls, 0.001) == 0.5  # none within: the weakest tried
+
+
 def test_conva_epsilon_moves_the_probe_to_p0_exactly_and_only_where_gated():
     torch.manual_seed(0)
     e = torch.randn(3, 5, D)
@@ -522,6 +558,12 @@ def test_fit_baselines_on_a_toy_dataset(model, tok, tmp_path):
     assert set(summary["methods"]) == set(BASELINE_METHODS)
     methods = summary["methods"]
     assert methods["iti"]["rows"] == 40 and methods["iti"]["rows_safe"] == 24 and len(methods["iti"]["heads"]) == 3
+    # alpha chosen on the held-out rows' benign answers: the largest of the grid within the KL budget
+    cfg = small_cfg().iti
+    kl = {float(a): k for a, k in methods["iti"]["alpha_kl"].items()}
+    assert sorted(kl) == sorted(cfg.alphas) and methods["iti"]["alpha_rows"] > 0
+    assert methods["iti"]["alpha"] == max([a for a, k in kl.items() if k <= cfg.max_kl], default=min(kl))
+    assert load_baseline(tmp_path / "iti").alpha == methods["iti"]["alpha"]
     assert max(methods["conva"]["layers"]) < 3 and len(methods["conva"]["probe_accuracy"]) == 3
     assert methods["re-control"]["train_loss_last"] < methods["re-control"]["train_loss_first"]
     assert len(methods["neva"]["neurons"]) == 5 and methods["neva"]["leakage"]["rows"] == 10
