@@ -166,7 +166,8 @@ def cmd_generate(params: Params, args: argparse.Namespace) -> None:
                                chat_template=not args.no_chat_template, do_sample=args.temperature > 0,
                                temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
                                tracking_uri=args.tracking_uri or params.registry.tracking_uri,
-                               baselines_dir=args.baselines, threshold=args.threshold)
+                               baselines_dir=args.baselines, threshold=args.threshold,
+                               gate_budget=args.gate_budget)
     finally:
         if args.out:
             out.close()
@@ -437,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default="module", type=_threshold,
                    help="score above which SVGT guides a prompt: a number (answers keep the module's calibrated "
                         "threshold), 'off' (guide every prompt) or 'module' (the module's own, calibrated in stage 3)")
+    p.add_argument("--gate-budget", default=None, type=_number(float, 0.0, maximum=1.0),
+                   help="use the module's gate operating point for this over-refusal budget (one of the budgets "
+                        "stage 3 calibrated: model.gate_budgets; the module's config lists them as gate_points)")
     p.add_argument("--max-new-tokens", default=128, type=count, help="tokens to generate at most per prompt")
     p.add_argument("--batch-size", default=8, type=count, help="prompts decoded together")
     p.add_argument("--temperature", default=0.0, type=_number(float, 0.0), help="0 decodes greedily")

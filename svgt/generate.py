@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from svgt.backbone import load_snapshot
 from svgt.backbone.runner import BlockRunner
+from svgt.core.errors import UsageError
 from svgt.methods import check_methods, load_method, needs_module
 from svgt.model import load_value_module
 
@@ -74,10 +75,13 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
                  refresh_interval: int | None = None, batch_size: int = 8, chat_template: bool = True,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  seed: int | None = None, tracking_uri: str | None = None,
-                 baselines_dir: Path | None = None, threshold: float | str | None = "module") -> GenerateSummary:
+                 baselines_dir: Path | None = None, threshold: float | str | None = "module",
+                 gate_budget: float | None = None) -> GenerateSummary:
     check_methods([method])
     if needs_module(method) and module_uri is None:
         raise ValueError(f"--method {method} needs --module")
+    if gate_budget is not None and threshold != "module":
+        raise UsageError("--gate-budget and --threshold both set the gate: give one")
     model, tokenizer, manifest = load_snapshot(backbone_dir)
     module = None
     if module_uri is not None and needs_module(method):
@@ -85,6 +89,8 @@ def run_generate(*, backbone_dir: Path, module_uri: str | None, method: str, pro
 
         module, _ = load_value_module(resolve_module_uri(module_uri, tracking_uri),
                                       expected_backbone_sha256=manifest.weights_sha256)
+        if gate_budget is not None:
+            module = module.at_gate_budget(gate_budget)
     guidance = load_method(method, module=module, baselines_dir=baselines_dir,
                            backbone_sha256=manifest.weights_sha256)
     guidance.threshold = threshold

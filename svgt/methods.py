@@ -76,6 +76,12 @@ def operating_point(module: ValueModule, threshold: float | None) -> GuidanceMet
                           threshold=threshold)
 
 
+def budget_point(module: ValueModule, budget: float) -> GuidanceMethod:
+    """SVGT at the gate's operating point for an over-refusal ``budget`` (calibrated in stage 3), named
+    "svgt@budget=<budget>"."""
+    return GuidanceMethod(f"svgt@budget={budget:g}", module=module.at_gate_budget(budget))
+
+
 def load_method(name: str, *, module: ValueModule | None = None, baselines_dir: str | Path | None = None,
                 backbone_sha256: str | None = None) -> GuidanceMethod:
     """The named method with what it needs; a clear error names what is missing.

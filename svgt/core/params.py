@@ -116,6 +116,7 @@ class ModelConfig:
     gate_threshold: float = 0.0
     gate_budget: float = 0.05
     gate_response_threshold: float | None = None
+    gate_budgets: list[float] = field(default_factory=list)
     refresh_context: Literal["token", "response"] = "token"
 
 
@@ -227,6 +228,8 @@ class EvaluateConfig:
     kl_methods: list[str] | None = None  # methods (by name, e.g. "svgt@off") whose KL is measured; None: all
     # extra SVGT operating points, evaluated as methods "svgt@<threshold>" (null: "svgt@off", the gate off)
     svgt_thresholds: list[float | None] = field(default_factory=list)
+    # extra SVGT operating points by over-refusal budget (model.gate_budgets), evaluated as "svgt@budget=<b>"
+    svgt_budgets: list[float] = field(default_factory=list)
     seed: int = 1234
 
 

@@ -80,7 +80,7 @@ from svgt.eval.metrics import (
 from svgt.eval.plots import write_plots
 from svgt.eval.prompt_sets import load_harmbench_behaviors
 from svgt.eval.report import render_report
-from svgt.methods import GuidanceMethod, check_methods, load_method, operating_point
+from svgt.methods import GuidanceMethod, budget_point, check_methods, load_method, operating_point
 from svgt.model import load_value_module
 
 __all__ = ["evaluate_guidance", "test_prompts", "wilson", "rate"]
@@ -434,6 +434,7 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
     methods = [load_method(m, module=module, baselines_dir=baselines_dir, backbone_sha256=manifest.weights_sha256)
                for m in cfg.methods]
     methods += [operating_point(module, t) for t in cfg.svgt_thresholds]
+    methods += [budget_point(module, b) for b in cfg.svgt_budgets]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluate: methods repeat a name: {names} (an svgt_thresholds entry equals another?)")

@@ -26,6 +26,16 @@ RefreshContext = Literal["token", "response"]
 
 
 @dataclass(frozen=True)
+class GatePoint:
+    """One calibrated operating point of the gate: the thresholds at which at most ``budget`` of the
+    validation split's benign prompts (and answers) open it."""
+
+    budget: float
+    threshold: float
+    response_threshold: float | None = None
+
+
+@dataclass(frozen=True)
 class ValueModuleConfig:
     """Hyper-parameters of one value module (the SVGT encoder, discriminator, bridge and inject projector).
 
@@ -65,6 +75,10 @@ class ValueModuleConfig:
     gate_budget: float = 0.05
     # the threshold for an answer in progress (judged at each refresh); None: gate_threshold
     gate_response_threshold: float | None = None
+    # more budgets that calibration also turns into operating points (``gate_points``, set in stage 3), to pick per
+    # request (``ValueModule.at_gate_budget``) or compare on the frontier
+    gate_budgets: list[float] = dataclasses.field(default_factory=list)
+    gate_points: list[GatePoint] = dataclasses.field(default_factory=list)
     # what a refresh judges: "token" (the current token's state in its prompt's context; h_v = that token) or
     # "response" (every token generated so far in the prompt's context; h_v stays the prompt's last state)
     refresh_context: RefreshContext = "token"
@@ -133,8 +147,9 @@ def _problems(cfg: ValueModuleConfig) -> list[str]:
         problems.append(f"bridge_heads={cfg.bridge_heads} must be >= 1 and divide hidden_size={cfg.hidden_size}")
     if cfg.gate not in ("off", "fixed", "calibrated"):
         problems.append(f"gate must be 'off', 'fixed' or 'calibrated', got {cfg.gate!r}")
-    if not 0.0 <= cfg.gate_budget <= 1.0:
-        problems.append(f"gate_budget must be in [0, 1], got {cfg.gate_budget}")
+    for budget in (cfg.gate_budget, *cfg.gate_budgets, *(p.budget for p in cfg.gate_points)):
+        if not 0.0 <= budget <= 1.0:
+            problems.append(f"gate budgets must be in [0, 1], got {budget}")
     if cfg.refresh_context not in ("token", "response"):
         problems.append(f"refresh_context must be 'token' or 'response', got {cfg.refresh_context!r}")
     return problems

@@ -12,6 +12,8 @@ and loads the weights strictly, so a module never runs silently against the wron
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,20 @@ class ValueModule(nn.Module):
         """(z [B, d_v], s [B]) for token states [B, T, d]; s > 0 means harmful (a logit)."""
         z = self.encoder(states, mask, prompt_states, prompt_mask)
         return z, self.discriminator(z)
+
+    def at_gate_budget(self, budget: float) -> ValueModule:
+        """This module (sharing its weights) with the gate at its operating point for ``budget``: the share of
+        validation benign prompts allowed to open it, calibrated in stage 3 (``model.gate_budgets``)."""
+        points = {round(p.budget, 9): p for p in self.config.gate_points}
+        point = points.get(round(budget, 9))
+        if point is None:
+            known = ", ".join(f"{b:g}" for b in sorted(points)) or "none (trained without model.gate_budgets)"
+            raise ValueModuleError(f"no gate operating point for budget {budget:g}: this module has {known}")
+        clone = copy.copy(self)  # a shallow copy: the same parameters, its own config attribute
+        clone.config = dataclasses.replace(self.config, gate="fixed", gate_budget=point.budget,
+                                           gate_threshold=point.threshold,
+                                           gate_response_threshold=point.response_threshold)
+        return clone
 
     def correction(self, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """dz [B, d_v]: the step towards D = 0 (zero for rows judged safe)."""

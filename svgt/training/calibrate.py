@@ -29,6 +29,7 @@ import torch
 
 from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule
+from svgt.model.config import GatePoint
 from svgt.training.data import SequenceExample, load_stage_examples
 from svgt.training.stages import score_examples
 
@@ -121,9 +122,11 @@ def calibrate_gate(module: ValueModule, store: HiddenStateStore, frame: pd.DataF
         examples = load_stage_examples(store, frame, "stage1", "val", max_tokens)
         benign = score_examples(module, [e for e in examples if e.label == 0])
         finite = val_answers[np.isfinite(val_answers)]
-        module.config = dataclasses.replace(
-            cfg, gate_threshold=budget_threshold(benign, cfg.gate_budget),
-            gate_response_threshold=budget_threshold(finite, cfg.gate_budget) if finite.size else None)
+        points = [GatePoint(b, budget_threshold(benign, b), budget_threshold(finite, b) if finite.size else None)
+                  for b in sorted({cfg.gate_budget, *cfg.gate_budgets})]
+        main = next(p for p in points if p.budget == cfg.gate_budget)
+        module.config = dataclasses.replace(cfg, gate_threshold=main.threshold,
+                                            gate_response_threshold=main.response_threshold, gate_points=points)
     threshold = module.config.threshold
     if threshold is None:
         return {"gate": "off"}
@@ -131,6 +134,9 @@ def calibrate_gate(module: ValueModule, store: HiddenStateStore, frame: pd.DataF
     out: dict[str, Any] = {"gate": module.config.gate, "gate_threshold": threshold,
                            "gate_response_threshold": response_threshold, "gate_budget": cfg.gate_budget,
                            "gate_answers": answer_source}
+    for point in module.config.gate_points:  # flat keys: DVC metrics
+        out[f"budget_{point.budget:g}_threshold"] = point.threshold
+        out[f"budget_{point.budget:g}_response_threshold"] = point.response_threshold
     for split in ("val", "test"):
         out |= open_rates(module, store, frame, split, max_tokens, threshold)
         answers = val_answers if split == "val" else answers_of(split)

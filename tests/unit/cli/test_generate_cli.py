@@ -160,3 +160,8 @@ def test_generate_threshold_option_and_guided_from_in_the_output(tiny_pipeline, 
     with pytest.raises(SystemExit):
         main(common + ["--threshold", "high"])
     assert "argument --threshold: must be a number, 'off' or 'module', got 'high'" in capsys.readouterr().err
+    # --gate-budget: the module's calibrated operating points only; it and --threshold exclude each other
+    assert main(common + ["--gate-budget", "0.1"]) == 1
+    assert "no gate operating point for budget 0.1: this module has none" in capsys.readouterr().err
+    assert main(common + ["--gate-budget", "0.1", "--threshold", "off"]) == 2
+    assert "--gate-budget and --threshold both set the gate: give one" in capsys.readouterr().err

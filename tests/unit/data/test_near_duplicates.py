@@ -86,6 +86,46 @@ def test_calibrate_gate_meets_its_budget_on_validation_prompts_and_answers(tiny_
     assert calibrate_gate(off, store, frame, max_tokens=64, horizon=6) == {"gate": "off"}
 
 
+def test_gate_operating_points_at_every_budget_and_picked_by_budget(tiny_pipeline):
+    """model.gate_budgets: calibration sets one operating point per budget (the main one included), each within
+    its budget on the validation prompts; ``at_gate_budget`` picks one without copying the weights, and a budget
+    that was not calibrated is named with the ones that were."""
+    import torch
+
+    from svgt.extract.store import HiddenStateStore
+    from svgt.model import ValueModule, ValueModuleConfig
+    from svgt.model.config import ValueModuleError
+    from svgt.training.calibrate import calibrate_gate
+    from svgt.training.data import load_stage_examples
+    from svgt.training.stages import score_examples
+
+    store = HiddenStateStore(tiny_pipeline / "hidden")
+    frame = pd.read_parquet(tiny_pipeline / "values.parquet")
+    torch.manual_seed(0)
+    module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
+                                           refresh_interval=2, gate="calibrated", gate_budget=0.25,
+                                           gate_budgets=[0.5, 0.0])).eval()
+    out = calibrate_gate(module, store, frame, max_tokens=64, horizon=6)
+    points = module.config.gate_points
+    assert [p.budget for p in points] == [0.0, 0.25, 0.5]
+    assert out["budget_0.5_threshold"] == points[2].threshold
+    main = points[1]
+    assert (main.threshold, main.response_threshold) == (module.config.gate_threshold,
+                                                         module.config.gate_response_threshold)
+    val = load_stage_examples(store, frame, "stage1", "val", 64)
+    benign = score_examples(module, [e for e in val if e.label == 0])
+    for p in points:
+        assert (benign > p.threshold).sum() <= int(p.budget * benign.size)
+    assert points[0].threshold >= points[1].threshold >= points[2].threshold
+    loose = module.at_gate_budget(0.5)
+    assert loose.config.gate == "fixed" and loose.config.threshold == points[2].threshold
+    assert loose.config.response_threshold == points[2].response_threshold
+    assert loose.bridge.gate is module.bridge.gate and module.config.gate == "calibrated"  # shared weights
+    with pytest.raises(ValueModuleError, match=r"no gate operating point for budget 0.3: this module has 0, 0.25, 0.5"):
+        module.at_gate_budget(0.3)
+    assert ValueModuleConfig.from_dict(module.config.to_dict()) == module.config  # saved with the module
+
+
 def test_gate_calibrated_on_the_backbones_own_answers_opens_within_budget_when_decoding(tiny_pipeline):
     """Calibrate on the backbone's own answers, then decode the same validation prompts with that gate: the
     share of benign prompts the gate opens on (at the prompt or at any refresh) stays within the budget."""

@@ -46,8 +46,11 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
 
     model, tok, manifest = load_snapshot(tiny_pipeline / "backbone")
     torch.manual_seed(0)
+    from svgt.model.config import GatePoint
+
+    # a calibrated operating point whose thresholds nothing reaches (as svgt_budgets would pick it)
     module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
-                                           refresh_interval=2))
+                                           refresh_interval=2, gate_points=[GatePoint(0.5, 1e9, 1e9)]))
     save_value_module(module, tmp_path / "m", {"backbone_weights_sha256": manifest.weights_sha256})
     frame = pd.read_parquet(tiny_pipeline / "values.parquet")
     fit_baselines_on(model, tok, frame[frame["split"] == "train"], BaselinesConfig(), tmp_path / "baselines",
@@ -58,7 +61,7 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     # opens must leave every benign answer exactly as unguided
     cfg = EvaluateConfig(max_harmful_prompts=3, max_benign_prompts=2, max_sensitive_prompts=0,
                          max_heldout_harmful_prompts=0, max_harmbench_behaviors=0, max_new_tokens=4, batch_size=2,
-                         methods=methods, svgt_thresholds=[1e9])
+                         methods=methods, svgt_thresholds=[1e9], svgt_budgets=[0.5])
     results = evaluate_guidance(backbone_dir=tiny_pipeline / "backbone", module_dir=tmp_path / "m",
                                 data_path=tiny_pipeline / "values.parquet", cfg=cfg,
                                 metrics_path=tmp_path / "metrics" / "eval.json", report_path=tmp_path / "eval.md",
@@ -70,7 +73,10 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     assert on_disk["harm_judge"].startswith("svgt-") and "@" in on_disk["harm_judge"]
     assert on_disk["sample_sizes"] == {"harmful": 3, "harmful_heldout": 0, "benign": 2, "sensitive": 0,
                                        "harmbench": 0}
-    assert set(on_disk["methods"]) == {*methods, "svgt@1e+09"} and list(results["methods"])[:5] == methods
+    assert set(on_disk["methods"]) == {*methods, "svgt@1e+09", "svgt@budget=0.5"}
+    assert list(results["methods"])[:5] == methods
+    budget = on_disk["methods"]["svgt@budget=0.5"]
+    assert budget["guided"]["harmful"]["rate"] == 0.0 and budget["unchanged_benign"]["rate"] == 1.0
     closed = on_disk["methods"]["svgt@1e+09"]
     assert closed["unchanged_benign"]["rate"] == 1.0 and closed["kl_benign"]["value"] < 1e-7
     # unchanged answers reuse the greedy run's logits; only changed ones are teacher-forced again
@@ -100,7 +106,7 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     assert (tmp_path / "plots" / "eval_trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert on_disk["relative_to_none"]["none"]["harmful_response_rate"] in (0.0, None)
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
-    assert len(rows) == (len(methods) + 1) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
+    assert len(rows) == (len(methods) + 2) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
     # batches are formed by prompt length; every answer must still sit next to its own prompt
     from svgt.decoding.guidance import generate_with_module
 
