@@ -473,9 +473,12 @@ def evaluate_guidance(*, backbone_dir: Path, module_dir: Path, data_path: Path, 
             if run.scores:
                 trajectories[method.name] = run.scores[: cfg.max_trajectory_prompts]
             for kind, prompts in sets.items():
-                for prompt, text in zip(prompts, run.responses[kind], strict=True):
+                for i, (prompt, text) in enumerate(zip(prompts, run.responses[kind], strict=True)):
+                    # value-module methods: whether the gate opened and the prompt's score (the frontier's raw data)
+                    gate = ({"guided": run.guided[kind][i]} if run.guided else {}) | (
+                        {"prompt_score": round(run.prompt_scores[kind][i], 4)} if run.prompt_scores else {})
                     out.write(json.dumps({"method": method.name, "set": kind, "prompt": prompt, "response": text,
-                                          "refusal": refusal(text)}) + "\n")
+                                          "refusal": refusal(text), **gate}) + "\n")
     prompt_cache.clear()
     if "none" in runs:
         runs["none"].logits = None

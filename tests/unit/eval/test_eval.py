@@ -107,6 +107,10 @@ def test_evaluate_compares_methods_with_judges_sample_sizes_and_intervals(tiny_p
     assert on_disk["relative_to_none"]["none"]["harmful_response_rate"] in (0.0, None)
     rows = [json.loads(line) for line in (tmp_path / "gen.jsonl").read_text().splitlines()]
     assert len(rows) == (len(methods) + 2) * 5 and {r["set"] for r in rows} == {"harmful", "benign"}
+    # gated methods say per answer whether the gate opened, with the prompt's score; others do not
+    gated = [r for r in rows if r["method"] == "svgt@budget=0.5"]
+    assert all(r["guided"] is False and isinstance(r["prompt_score"], float) for r in gated) and len(gated) == 5
+    assert all("guided" not in r for r in rows if r["method"] in ("none", "iti"))
     # batches are formed by prompt length; every answer must still sit next to its own prompt
     from svgt.decoding.guidance import generate_with_module
 
