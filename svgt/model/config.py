@@ -109,7 +109,8 @@ class ValueModuleConfig:
         """Strict inverse of :meth:`to_dict`: unknown or missing keys and wrong types are named."""
         if not isinstance(raw, dict):
             raise ValueModuleError(f"ValueModuleConfig: expected a mapping, got {type(raw).__name__}")
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         missing = [name for name in required if name not in raw]
         try:
             if missing:

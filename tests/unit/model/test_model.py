@@ -72,6 +72,14 @@ def test_config_roundtrip():
     assert again == cfg
 
 
+def test_a_config_saved_before_the_gate_operating_points_still_loads():
+    """Modules exported before gate_budgets / gate_points existed have neither key: they load with none."""
+    raw = make_config().to_dict()
+    del raw["gate_budgets"], raw["gate_points"]
+    again = ValueModuleConfig.from_dict(raw)
+    assert again.gate_budgets == [] and again.gate_points == [] and again == make_config()
+
+
 def test_config_unknown_key_is_named():
     raw = {**make_config().to_dict(), "bridge_depth": 4}
     with pytest.raises(ValueModuleError, match="unknown key.*bridge_depth"):
