@@ -505,11 +505,19 @@ def _encode_prompts(tokenizer: Any, prompts: Sequence[str] | Sequence[Sequence[i
     return encoded
 
 
-def _stop_ids(tokenizer: Any, stop_token_ids: int | Sequence[int] | None) -> set[int]:
-    if stop_token_ids is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-        return set() if eos is None else {int(eos)}
-    return {int(stop_token_ids)} if isinstance(stop_token_ids, int) else {int(i) for i in stop_token_ids}
+def _ids(value: Any) -> set[int]:
+    if value is None:
+        return set()
+    return {int(value)} if isinstance(value, int) else {int(i) for i in value}
+
+
+def _stop_ids(model: Any, tokenizer: Any, stop_token_ids: int | Sequence[int] | None) -> set[int]:
+    """``stop_token_ids`` if given; else the tokenizer's EOS and every EOS id of the model's generation_config
+    (chat models often list several, e.g. an end-of-turn and an end-of-text token), as HF ``generate`` stops."""
+    if stop_token_ids is not None:
+        return _ids(stop_token_ids)
+    config = getattr(model, "generation_config", None)
+    return _ids(getattr(tokenizer, "eos_token_id", None)) | _ids(getattr(config, "eos_token_id", None))
 
 
 def _cut_at_stop_string(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
@@ -569,9 +577,9 @@ def guided_generate(
 
     ``prompts`` are strings (encoded with ``encode_prompt``, chat template if the tokenizer has one and
     ``chat_template``) or token id lists used as given. ``layer`` is l* (1-based; None: the default rule).
-    ``stop_token_ids`` defaults to the tokenizer's EOS; ``()`` disables stop tokens. ``seed`` makes
-    sampling reproducible through a private generator. Pass a prebuilt ``runner`` to skip its probe
-    forward when generating repeatedly with the same model. A token prefix shared by every prompt (a chat
+    ``stop_token_ids`` defaults to the EOS ids of the tokenizer and the generation config; ``()`` disables stop
+    tokens. ``seed`` makes sampling reproducible through a private generator. Pass a prebuilt ``runner`` to skip
+    its probe forward when generating repeatedly with the same model. A token prefix shared by every prompt (a chat
     template's system turn) of at least ``min_shared_prefix`` tokens is run once for the whole batch
     (``prompt_layout``; None turns this off); the outputs are the same either way. ``prefill_tokens``
     splits the prompt pass into groups of consecutive rows (``prompt_groups``: at most that many padded
@@ -600,7 +608,7 @@ def guided_generate(
                                   f"got {len(forced_tokens)} lists")
         forced = [list(map(int, f)) for f in forced_tokens]
         max_new_tokens = min(max_new_tokens, max(len(f) for f in forced))
-    stop_ids = _stop_ids(tokenizer, stop_token_ids)
+    stop_ids = _stop_ids(model, tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     groups = prompt_groups(prompt_ids, int(pad_id), min_shared_prefix, prefill_tokens, runner.device)
     generator = torch.Generator(device=runner.device).manual_seed(seed) if seed is not None else None

@@ -155,6 +155,30 @@ def test_unguided_equals_hf_generate(family):
         assert ours == row
 
 
+def test_default_stop_ids_include_every_eos_of_the_generation_config():
+    """A chat model's generation_config may list several EOS ids (end of turn, end of text): the default stops at
+    any of them, as HF generate does; an explicit stop_token_ids still wins."""
+    tok = tokenizer()
+    model = sharp_model("llama")
+    free = generate("llama", None, prompts=PROMPTS[:1], max_new_tokens=12)
+    stop = free.token_ids[0][3]  # a token the model emits 4th: made an EOS of the generation config
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, stop]
+    try:
+        out = generate("llama", None, prompts=PROMPTS[:1], max_new_tokens=12, stop_token_ids=None)
+        ids, mask = pad_batch(out.prompt_ids, tok.pad_token_id, padding_side="left")
+        hf = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                            pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        explicit = generate("llama", None, prompts=PROMPTS[:1], max_new_tokens=12, stop_token_ids=[tok.eos_token_id])
+    finally:
+        model.generation_config.eos_token_id = saved
+    first = free.token_ids[0].index(stop)
+    assert out.token_ids[0] == free.token_ids[0][: first + 1] == hf[: first + 1]
+    assert out.finish_reasons[0] == "stop_token"
+    mine = explicit.token_ids[0]  # only the tokenizer's EOS stops it: it runs past the other EOS id
+    assert mine == free.token_ids[0][: len(mine)] and (len(mine) > first + 1 or tok.eos_token_id in mine)
+
+
 # ---------------------------------------------------------------- (d) schedule semantics
 
 
