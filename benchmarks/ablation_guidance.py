@@ -8,7 +8,9 @@ over-refusal, unchanged benign answers, KL (nats/token) and decode ms/token:
 * gate off, response refresh: the same with the paper's refresh (prompt h_v; z from the answer so far);
 * prompt gate only: guided when the prompt is judged harmful; answers never re-judged;
 * gate, token refresh;
-* gate, response refresh: the default.
+* gate, response refresh: the default;
+* SVGT-Inject; each ``--trained LABEL=DIR`` module (a stage-3 variant trained from the same stage-2 module);
+  the module's other calibrated operating points (``model.gate_budgets``).
 
 Data rows (the prompt-level judgement, where over-refusal came from): a stage-1 discriminator trained on
 the same data without the project-authored sensitive-topic prompts and their harmful contrasts, against one
@@ -55,7 +57,7 @@ from svgt.eval.guidance_eval import (
 from svgt.eval.judges import RefusalJudge
 from svgt.eval.metrics import auroc
 from svgt.extract.store import HiddenStateStore
-from svgt.methods import GuidanceMethod, operating_point
+from svgt.methods import GuidanceMethod, budget_point, operating_point
 from svgt.model import ValueModule, load_value_module
 from svgt.training.calibrate import budget_threshold
 from svgt.training.data import load_stage_examples
@@ -99,7 +101,15 @@ def guidance_rows(args: argparse.Namespace, params: Any) -> tuple[list[dict[str,
         variant(module, "svgt (gate, response refresh: the default)", refresh_context="response"),
         GuidanceMethod("svgt-inject", module=module),
     ]
-    # operating points around the calibrated one (one threshold for prompts and answers): the SVGT frontier
+    # stage-3 variants trained from the same stage-2 module (chosen between on the validation split only;
+    # reports/stage3_variants.md): here on the evaluation sets, for the table, not for choosing
+    for spec in args.trained:
+        label, _, directory = spec.partition("=")
+        trained, _ = load_value_module(directory, expected_backbone_sha256=manifest.weights_sha256)
+        methods.append(GuidanceMethod(f"svgt@{label}", module=trained))
+    # the SVGT frontier: the module's other calibrated operating points, then any shifted thresholds
+    methods += [budget_point(module, p.budget) for p in module.config.gate_points
+                if p.budget != module.config.gate_budget]
     methods += [operating_point(module, module.config.gate_threshold + delta) for delta in args.threshold_shifts]
     harm = load_harm_judge(cfg, args.harm_judge)
     refusal = RefusalJudge()
@@ -228,8 +238,10 @@ def main() -> None:
                     help="the baselines' points for the frontier plot")
     ap.add_argument("--quick", action="store_true", help="small sets and 8 tokens: checks the script runs")
     ap.add_argument("--skip-data", action="store_true", help="only the guidance rows")
-    ap.add_argument("--threshold-shifts", type=float, nargs="*", default=[-2.0, 2.0, 4.0],
+    ap.add_argument("--threshold-shifts", type=float, nargs="*", default=[],
                     help="extra operating points: the calibrated prompt threshold plus each shift")
+    ap.add_argument("--trained", action="append", default=[], metavar="LABEL=DIR",
+                    help="a stage-3 variant trained from the same stage-2 module (repeatable): a row svgt@LABEL")
     args = ap.parse_args()
     params = load_params(args.params)
     guidance, info = guidance_rows(args, params)
