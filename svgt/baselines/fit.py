@@ -112,7 +112,7 @@ def fit_baselines_on(
             baseline, info = fit_iti(acts.attn_in, safe, *split, num_heads, cfg.iti, seed=cfg.seed)
             if cfg.iti.alpha is None:  # the strength from its side effect on held-out benign answers
                 held_out = rows.iloc[split[1].tolist()]
-                benign = held_out[held_out["prompt_harmful"].astype(int) == 0]
+                benign = held_out[held_out["prompt_harmful"].eq(0).fillna(False).astype(bool)]  # NA: unknown
                 if benign.empty:
                     raise BaselineError("iti: no benign prompt among the held-out probe rows to choose alpha on "
                                         "(set baselines.iti.alpha)")

@@ -554,7 +554,9 @@ def small_cfg() -> BaselinesConfig:
 def test_fit_baselines_on_a_toy_dataset(model, tok, tmp_path):
     ids, mask = ids_of(tok)
     before = logits(model, ids, mask)
-    summary = fit_baselines_on(model, tok, toy_frame(), small_cfg(), tmp_path, progress=False)
+    frame = toy_frame()
+    frame.loc[frame.index[1::8], "prompt_harmful"] = pd.NA  # stage-2 rows may not say whether the prompt was harmful
+    summary = fit_baselines_on(model, tok, frame, small_cfg(), tmp_path, progress=False)
     assert set(summary["methods"]) == set(BASELINE_METHODS)
     methods = summary["methods"]
     assert methods["iti"]["rows"] == 40 and methods["iti"]["rows_safe"] == 24 and len(methods["iti"]["heads"]) == 3
