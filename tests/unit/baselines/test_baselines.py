@@ -555,7 +555,7 @@ def test_fit_baselines_on_a_toy_dataset(model, tok, tmp_path):
     ids, mask = ids_of(tok)
     before = logits(model, ids, mask)
     frame = toy_frame()
-    frame.loc[[i for i in frame.index if i % 2 and i % 8 != 1], "prompt_harmful"] = pd.NA  # stage-2 rows may not say
+    frame.loc[[i for i in frame.index if i % 4 == 3], "prompt_harmful"] = pd.NA  # stage-2 rows may not say
     summary = fit_baselines_on(model, tok, frame, small_cfg(), tmp_path, progress=False)
     assert set(summary["methods"]) == set(BASELINE_METHODS)
     methods = summary["methods"]
