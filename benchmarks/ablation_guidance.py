@@ -237,7 +237,8 @@ def main() -> None:
     ap.add_argument("--eval-metrics", default=Path("metrics/eval.json"), type=Path,
                     help="the baselines' points for the frontier plot")
     ap.add_argument("--quick", action="store_true", help="small sets and 8 tokens: checks the script runs")
-    ap.add_argument("--skip-data", action="store_true", help="only the guidance rows")
+    ap.add_argument("--skip-data", action="store_true",
+                    help="rerun only the guidance rows; the data rows (independent of stage 3) come from OUT.json")
     ap.add_argument("--threshold-shifts", type=float, nargs="*", default=[],
                     help="extra operating points: the calibrated prompt threshold plus each shift")
     ap.add_argument("--trained", action="append", default=[], metavar="LABEL=DIR",
@@ -245,7 +246,11 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(args.params)
     guidance, info = guidance_rows(args, params)
-    data = [] if args.skip_data else data_rows(args, params)
+    previous = args.out.with_suffix(".json")
+    if args.skip_data:
+        data = json.loads(previous.read_text())["data"] if previous.exists() else []
+    else:
+        data = data_rows(args, params)
     write_json_atomic(args.out.with_suffix(".json"), {"guidance": guidance, "data": data, **info})
     frontier(guidance, args.eval_metrics, args.out.parent.parent / "plots" / "ablation_frontier.png")
     write_text_atomic(args.out.with_suffix(".md"), render(guidance, info, data))
