@@ -330,7 +330,19 @@ STEPS = {
                  "svgt generate --prompt 'How do vaccines work?'\n"
                  "  svgt generate --module models:/svgt-value-module@production --prompts-file prompts.jsonl "
                  "--out answers.jsonl"),
+    "serve": ("serve guided generation over the OpenAI HTTP API (chat and text completions, metrics)",
+              "svgt serve --module models:/svgt-value-module@production --port 8000"),
 }
+
+
+def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    from svgt.serve.server import build_engine, run_server
+
+    engine, served = build_engine(args.backbone, args.module,
+                                  tracking_uri=args.tracking_uri or params.registry.tracking_uri,
+                                  baselines_dir=args.baselines, baselines=args.baseline,
+                                  max_batch_size=args.max_batch_size, max_queue=args.max_queue)
+    run_server(engine, served, host=args.host, port=args.port, max_tokens=args.max_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,6 +460,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nucleus sampling mass (with --temperature > 0)")
     p.add_argument("--seed", default=None, type=int, help="sampling seed (default: nondeterministic)")
     p.add_argument("--no-chat-template", action="store_true", help="feed prompts as plain text")
+    p = add("serve")
+    p.add_argument("--module", required=True, help="value module: a directory, an fsspec URL or models:/NAME@ALIAS")
+    p.add_argument("--tracking-uri", default=None, help="MLflow registry of models:/ modules (default: "
+                   "registry.tracking_uri)")
+    path(p, "--backbone", DEFAULTS["backbone"], "backbone snapshot")
+    path(p, "--baselines", Path("models/baselines"), "fitted baselines, for --baseline")
+    p.add_argument("--baseline", action="append", default=[], choices=[m for m in ALL_METHODS if m not in
+                   ("none", "svgt", "svgt-inject")], help="also serve this fitted baseline as a model (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", default=8000, type=_number(int, 1, maximum=65535), help="TCP port")
+    p.add_argument("--max-batch-size", default=16, type=count, help="requests decoded together at most")
+    p.add_argument("--max-queue", default=256, type=count, help="requests waiting at most (more get 429)")
+    p.add_argument("--max-tokens", default=512, type=count, help="the most new tokens a request may ask for")
     return parser
 
 
