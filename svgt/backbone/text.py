@@ -46,6 +46,33 @@ def encode_prompt(
     return bos + _text_ids(tokenizer, prefix + prompt)
 
 
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]], chat_template: bool = True,
+                    system_prompt: str | None = None) -> list[int]:
+    """Token ids of a conversation (``{"role", "content"}`` dicts) ready for the assistant's next answer.
+
+    As ``encode_prompt`` does for one user turn: the template is rendered around one placeholder per
+    message, its own text parsed for special tokens and each message's content encoded as plain text.
+    ``system_prompt`` goes first (before any system message of the conversation). Without a chat template
+    the contents are joined by blank lines after the tokenizer's BOS.
+    """
+    if system_prompt is not None:
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if not uses_chat_template(tokenizer, chat_template):
+        bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+        return bos + _text_ids(tokenizer, "\n\n".join(m["content"] for m in messages))
+    slots = [f"{_SLOT}{i}\ue002" for i in range(len(messages))]
+    rendered = tokenizer.apply_chat_template([{"role": m["role"], "content": slot} for m, slot in
+                                              zip(messages, slots, strict=True)],
+                                             tokenize=False, add_generation_prompt=True)
+    ids: list[int] = []
+    for message, slot in zip(messages, slots, strict=True):
+        if rendered.count(slot) != 1:
+            raise ValueError("the chat template does not render each message exactly once")
+        head, rendered = rendered.split(slot)
+        ids += _template_ids(tokenizer, head) + _text_ids(tokenizer, message["content"])
+    return ids + _template_ids(tokenizer, rendered)
+
+
 def encode_response(tokenizer: Any, response: str, add_eos: bool = True) -> list[int]:
     """Token ids of an assistant answer, ending with EOS so a model trained on it learns to stop."""
     ids = _text_ids(tokenizer, response)

@@ -572,6 +572,7 @@ def guided_generate(
     min_shared_prefix: int | None = 8,
     prefill_tokens: int | None = None,
     prompt_cache: PromptPassCache | None = None,
+    on_step: Callable[[dict[int, int]], None] | None = None,
 ) -> GenerationOutput:
     """Generate for a batch of prompts with SVGT guidance (see the module docstring for the semantics).
 
@@ -589,7 +590,8 @@ def guided_generate(
     when that is valid); the outputs are the same. ``forced_tokens`` (one list per prompt) teacher-forces
     those tokens instead of choosing them: each row ends after its list (``max_new_tokens`` still caps it),
     and with ``return_scores`` its logits are the method's next-token logits along that answer (how far a
-    method moves the backbone's own answer, token by token).
+    method moves the backbone's own answer, token by token). ``on_step`` is called after every decode step
+    with {row: token} for the rows that took a token in it (a server streams them from there).
     """
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -627,11 +629,15 @@ def guided_generate(
                                   generator=generator).tolist()
             else:
                 nxt = [f[step] if step < len(f) else int(pad_id) for f in forced]
+            recorded: dict[int, int] = {}
             for i in rows.active():
                 _record(rows, i, int(nxt[i]), logits[i] if return_scores else None,
                         scores[i] if scores is not None else None, tokenizer, stop_ids, stop_strings)
+                recorded[i] = int(nxt[i])
                 if forced_tokens is not None and rows.finish[i] is None and len(rows.tokens[i]) >= len(forced[i]):
                     rows.finish[i] = "length"
+            if on_step is not None:  # e.g. a server streaming each row's tokens as they come
+                on_step(recorded)
             if not rows.active() or step == max_new_tokens - 1:
                 break
             # finished rows keep decoding a pad token; their outputs are ignored

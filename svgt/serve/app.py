@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from svgt.backbone.text import encode_prompt
+from svgt.backbone.text import encode_messages
 from svgt.eval.judges import RefusalJudge
 from svgt.serve.engine import BatchKey, Completion, Engine, QueueFull
 from svgt.serve.engine import Request as EngineRequest
@@ -91,13 +91,13 @@ class App:
         return BatchKey(body.model, not greedy, 1.0 if greedy else body.temperature, 1.0 if greedy else body.top_p,
                         options.refresh_interval if options else None, options.gate_budget if options else None)
 
-    def _prompt_ids(self, model: str, user: str, system: str | None) -> list[int]:
-        method = self.engine.methods[model]
-        baseline = method.baseline
-        extra = getattr(baseline, "text", None) if baseline is not None and baseline.method == "system-prompt" else None
-        if extra is not None:
-            system = extra if system is None else f"{extra}\n\n{system}"
-        return encode_prompt(self.engine.tokenizer, user, True, system_prompt=system)
+    def _prompt_ids(self, model: str, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation's ids as the model's method sees them (the system-prompt baseline puts its
+        instruction first)."""
+        baseline = self.engine.methods[model].baseline
+        system = getattr(baseline, "text", None) if baseline is not None and baseline.method == "system-prompt" \
+            else None
+        return encode_messages(self.engine.tokenizer, messages, True, system_prompt=system)
 
     def _limit(self, requested: int | None, default: int, prompt_tokens: int, field: str) -> int:
         n = default if requested is None else requested
@@ -110,7 +110,7 @@ class App:
                            code="context_length_exceeded")
         return n
 
-    async def _run(self, requests: list[EngineRequest]) -> list[Completion]:
+    def _submit(self, requests: list[EngineRequest]) -> list[Any]:
         futures = []
         try:
             for r in requests:
@@ -122,6 +122,10 @@ class App:
                            kind="rate_limit_error", headers={"Retry-After": "1"}) from None
         finally:
             self.metrics.queue_depth.set(self.engine.queue_depth)
+        return futures
+
+    async def _run(self, requests: list[EngineRequest]) -> list[Completion]:
+        futures = self._submit(requests)
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     def _after_batch(self, batch: list[EngineRequest], completions: list[Completion]) -> None:
@@ -150,11 +154,11 @@ class App:
         done = sum(len(c.token_ids) for c in completions)
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
-    def _observe(self, model: str, started: float, completions: list[Completion]) -> None:
-        elapsed = time.perf_counter() - started
-        self.metrics.latency.labels(model).observe(elapsed)
-        # tokens reach the client when their batch has decoded (no per-token streaming yet)
-        self.metrics.ttft.labels(model).observe(elapsed)
+    def _observe(self, model: str, started: float, first_token: float | None = None) -> None:
+        """Latency now; time to first token: when a stream sent it, else now (the whole answer at once)."""
+        now = time.perf_counter()
+        self.metrics.latency.labels(model).observe(now - started)
+        self.metrics.ttft.labels(model).observe((first_token or now) - started)
 
     # ------------------------------------------------------------------ routes
 
@@ -162,38 +166,72 @@ class App:
         started = time.perf_counter()
         _refuse_unsupported(body)
         key = self._key(body)
-        system = [m.content for m in body.messages if m.role == "system"]
-        turns = [m for m in body.messages if m.role != "system"]
-        if len(turns) != 1 or turns[0].role != "user" or len(system) > 1:
-            raise APIError(400, "messages must be one user message, optionally after one system message "
-                                "(multi-turn conversations are not supported yet)", param="messages")
-        if not turns[0].content.strip():
+        last = body.messages[-1]
+        if last.role != "user":
+            raise APIError(400, f"the last message must be the user's, got {last.role!r}", param="messages")
+        if not last.content.strip():
             raise APIError(400, "the user message is empty", param="messages")
-        ids = self._prompt_ids(body.model, turns[0].content, system[0] if system else None)
+        ids = self._prompt_ids(body.model, [{"role": m.role, "content": m.content} for m in body.messages])
         limit = self._limit(body.token_limit(), self.limits.default_max_tokens, len(ids),
                             "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-        log.debug("chat request %s: %r", body.model, turns[0].content)
-        [completion] = await self._run([EngineRequest(key, ids, limit, body.stop_strings(), body.seed)])
-        self._observe(body.model, started, [completion])
+        log.debug("chat request %s: %r", body.model, last.content)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            return StreamingResponse(self._chat_chunks(rid, created, body.model, completion),
+            loop = asyncio.get_running_loop()
+            tokens: asyncio.Queue[int] = asyncio.Queue()
+            request = EngineRequest(key, ids, limit, body.stop_strings(), body.seed,
+                                    on_token=lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t))
+            [future] = self._submit([request])  # a full queue answers 429 before the stream starts
+            return StreamingResponse(self._chat_stream(rid, created, body.model, request, future, tokens, started),
                                      media_type="text/event-stream", headers=self._headers())
+        [completion] = await self._run([EngineRequest(key, ids, limit, body.stop_strings(), body.seed)])
+        self._observe(body.model, started)
         answer = {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
                                "finish_reason": completion.finish_reason}],
                   "usage": self._usage([completion]), "svgt": self._svgt_field(completion)}
         return JSONResponse(answer, headers=self._headers())
 
-    async def _chat_chunks(self, rid: str, created: int, model: str, c: Completion) -> AsyncIterator[str]:
+    async def _chat_stream(self, rid: str, created: int, model: str, request: EngineRequest, future: Any,
+                           tokens: asyncio.Queue[int], started: float) -> AsyncIterator[str]:
+        """Server-sent events: a role chunk, text deltas as tokens are decoded, a last chunk with the finish
+        reason, usage and module fields, then [DONE]. Text that could still turn into a stop string (its last
+        len(longest stop) - 1 characters) or an incomplete UTF-8 character is held back until it cannot."""
         def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
             data = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(data)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""}, None)
-        if c.text:
-            yield chunk({"content": c.text}, None)
+        hold = max((len(s) for s in request.stop), default=1) - 1
+        done = asyncio.wrap_future(future)
+        ids: list[int] = []
+        sent, first_token = "", None
+        while True:
+            waiting = asyncio.ensure_future(tokens.get())
+            finished, _ = await asyncio.wait({waiting, done}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting not in finished:
+                waiting.cancel()
+                break  # tokens are queued before their batch's result, so none is left behind
+            ids.append(waiting.result())
+            first_token = first_token or time.perf_counter()
+            text = self.engine.tokenizer.decode(ids, skip_special_tokens=True)
+            hits = [text.find(s) for s in request.stop if s in text]
+            safe = text[: min(hits)] if hits else text[: len(text) - hold]
+            safe = safe.rstrip("\ufffd")
+            if len(safe) > len(sent) and safe.startswith(sent):
+                yield chunk({"content": safe[len(sent):]}, None)
+                sent = safe
+        try:
+            c = done.result()
+        except Exception as err:  # the status line is gone: report the failure in the stream, as OpenAI does
+            log.exception("a streamed request failed")
+            failure = APIError(500, f"internal error: {type(err).__name__}", kind="server_error")
+            yield f"data: {json.dumps(failure.body())}\n\n"
+            return
+        if c.text.startswith(sent) and len(c.text) > len(sent):
+            yield chunk({"content": c.text[len(sent):]}, None)
+        self._observe(model, started, first_token)
         yield chunk({}, c.finish_reason, usage=self._usage([c]), svgt=self._svgt_field(c))
         yield "data: [DONE]\n\n"
 
@@ -208,11 +246,11 @@ class App:
             raise APIError(400, "prompt is empty", param="prompt")
         requests = []
         for p in prompts:
-            ids = self._prompt_ids(body.model, p, None)
+            ids = self._prompt_ids(body.model, [{"role": "user", "content": p}])
             limit = self._limit(body.token_limit(), 16, len(ids), "max_tokens")
             requests.append(EngineRequest(key, ids, limit, body.stop_strings(), body.seed))
         completions = await self._run(requests)
-        self._observe(body.model, started, completions)
+        self._observe(body.model, started)
         answer = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                   "model": body.model,
                   "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}

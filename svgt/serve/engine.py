@@ -7,8 +7,9 @@ so each request keeps its own token limit and stop strings: the batch decodes to
 each row is cut to its own (its first N tokens are those a run with limit N produces). A request with a
 ``seed`` is decoded alone, so the seed means what it means for `svgt generate --seed`.
 
-Not yet (issue 15): requests that arrive while a batch decodes wait for the next batch (no joining
-mid-decode), and a finished row keeps its slot until the batch ends.
+A request may watch its tokens as they are decoded (``on_token``: the server streams them). Not yet (issue
+15): requests that arrive while a batch decodes wait for the next batch (no joining mid-decode), and a
+finished row keeps its slot until the batch ends.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Request:
     max_tokens: int
     stop: Sequence[str] = ()
     seed: int | None = None
+    # called from the engine's thread with each token of this request's answer as it is decoded (streaming);
+    # never past max_tokens (a stop string is the caller's to watch for)
+    on_token: Callable[[int], None] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -212,6 +216,17 @@ class Engine:
                                    "temperature": key.temperature, "top_p": key.top_p, "seed": batch[0].seed,
                                    "stop_token_ids": self.stop_token_ids}
         ids = [r.prompt_ids for r in batch]
+        sent = [0] * len(batch)
+
+        def stream(tokens: dict[int, int]) -> None:
+            for i, token in tokens.items():
+                request = batch[i]
+                if request.on_token is not None and sent[i] < request.max_tokens:
+                    sent[i] += 1
+                    request.on_token(token)
+
+        if any(r.on_token is not None for r in batch):
+            options["on_step"] = stream
         if method.baseline is not None:  # the prompt ids already carry what the baseline adds to a prompt
             with method.baseline.applied(self.model):
                 out = guided_generate(self.model, self.tokenizer, ids, runner=self.runner, **options)

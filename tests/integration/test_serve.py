@@ -78,7 +78,7 @@ def module_dir(tiny_pipeline, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_pipeline, module_dir):
     engine, served = build_engine(tiny_pipeline / "backbone", str(module_dir), max_batch_size=8, max_queue=4)
-    app = create_app(engine, served, Limits(max_tokens=32, default_max_tokens=8, context_length=96))
+    app = create_app(engine, served, Limits(max_tokens=32, default_max_tokens=8, context_length=160))
     srv = Server(app)
     srv.engine = engine
     yield srv
@@ -111,14 +111,41 @@ def test_chat_answers_equal_svgt_generate_and_name_the_module(server, tiny_pipel
     assert models == {"svgt", "svgt-inject", "none"}
 
 
-def test_streamed_chat_carries_the_same_answer(server, tiny_pipeline, module_dir):
+def test_streamed_chat_sends_tokens_as_decoded_and_the_same_answer(server, tiny_pipeline, module_dir):
     client = server.client()
     stream = client.chat.completions.create(model="svgt", messages=[{"role": "user", "content": PROMPTS[2]}],
                                             max_tokens=6, temperature=0, stream=True)
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert text == reference(tiny_pipeline, module_dir, PROMPTS[2:3], "svgt", 6).texts[0]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    want = reference(tiny_pipeline, module_dir, PROMPTS[2:3], "svgt", 6).texts[0]
+    assert "".join(pieces) == want and len(pieces) > 1  # several deltas, not one block at the end
     assert chunks[-1].choices[0].finish_reason in ("stop", "length") and chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].model_extra["svgt"]["module_version"] == "local"
+    # with a stop string the stream never shows it (text that could grow into it is held back)
+    stop = want[3:5]
+    whole = client.chat.completions.create(model="svgt", messages=[{"role": "user", "content": PROMPTS[2]}],
+                                           max_tokens=6, temperature=0, stop=[stop])
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="svgt", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=6, temperature=0,
+        stop=[stop], stream=True))
+    assert streamed == whole.choices[0].message.content == want[: want.index(stop)]
+
+
+def test_a_conversation_is_answered_as_its_rendered_chat_template(server, tiny_pipeline, module_dir):
+    from svgt.backbone.text import encode_messages
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[3]},
+                    {"role": "assistant", "content": "A number with two divisors."},
+                    {"role": "user", "content": "Why?"}]
+    model, tok, _ = load_snapshot(tiny_pipeline / "backbone")
+    module, _ = load_value_module(module_dir)
+    want = generate_with_module(model, tok, [encode_messages(tok, conversation)], module=module, method="svgt",
+                                max_new_tokens=5)
+    answer = server.client().chat.completions.create(model="svgt", messages=conversation, max_tokens=5, temperature=0)
+    assert answer.choices[0].message.content == want.texts[0]
+    assert answer.usage.prompt_tokens == len(encode_messages(tok, conversation))
+    with pytest.raises(openai.BadRequestError, match="the last message must be the user's"):
+        server.client().chat.completions.create(model="svgt", messages=conversation[:3], max_tokens=5)
 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, tiny_pipeline, module_dir):

@@ -155,6 +155,15 @@ def test_unguided_equals_hf_generate(family):
         assert ours == row
 
 
+def test_on_step_reports_every_token_of_every_row_as_it_is_decoded():
+    steps = []
+    out = generate("llama", LinearBridge(), refresh_interval=2, max_new_tokens=6,
+                   on_step=lambda tokens: steps.append(dict(tokens)))
+    assert len(steps) == 6
+    for i, row in enumerate(out.token_ids):
+        assert [s[i] for s in steps if i in s] == row
+
+
 def test_default_stop_ids_include_every_eos_of_the_generation_config():
     """A chat model's generation_config may list several EOS ids (end of turn, end of text): the default stops at
     any of them, as HF generate does; an explicit stop_token_ids still wins."""
