@@ -118,7 +118,7 @@ def _committed_placeholder_repo(tmp_path: Path, repo_root: Path) -> Path:
     ("extract.batch_size", 8, 4, {"extract"}),
     ("evaluate.max_new_tokens", 24, 32, {"evaluate"}),
     ("gates.min_stage2_auroc", 0.7, 0.8, {"register"}),
-    ("baselines.iti.alpha", 5.0, 4.0, {"baselines"}),
+    ("baselines.iti.max_kl", 0.1, 0.2, {"baselines"}),
     ("model.d_v", 128, 64, {"stage1", "stage2", "stage3"}),
 ])
 def test_a_param_change_invalidates_exactly_the_stages_that_read_it(tmp_path, repo_root, key, old, new, changed):
