@@ -342,7 +342,8 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
                                   tracking_uri=args.tracking_uri or params.registry.tracking_uri,
                                   baselines_dir=args.baselines, baselines=args.baseline,
                                   max_batch_size=args.max_batch_size, max_queue=args.max_queue)
-    run_server(engine, served, host=args.host, port=args.port, max_tokens=args.max_tokens)
+    run_server(engine, served, host=args.host, port=args.port, max_tokens=args.max_tokens,
+               poll_alias=args.poll_alias, tracking_uri=args.tracking_uri or params.registry.tracking_uri)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", default=16, type=count, help="requests decoded together at most")
     p.add_argument("--max-queue", default=256, type=count, help="requests waiting at most (more get 429)")
     p.add_argument("--max-tokens", default=512, type=count, help="the most new tokens a request may ask for")
+    p.add_argument("--poll-alias", default=None, type=_number(float, 0.0, strict=True), metavar="SECONDS",
+                   help="with --module models:/NAME@ALIAS: check the alias this often and swap in the version it "
+                        "moves to (verified first; requests in flight finish on the old one)")
     return parser
 
 

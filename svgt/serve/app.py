@@ -69,6 +69,20 @@ class App:
         self.ready = False
         metrics.module.labels(served.version, served.alias or "", served.source).set(1)
         engine.on_batch = self._after_batch
+        engine.served = served
+
+    def swapped(self, served: ServedModule) -> None:
+        """The engine now decodes with ``served`` (called from its thread between batches)."""
+        old, self.served = self.served, served
+        self.metrics.module.remove(old.version, old.alias or "", old.source)
+        self.metrics.module.labels(served.version, served.alias or "", served.source).set(1)
+        self.metrics.swaps.labels("swapped").inc()
+        log.info("now serving %s version %s (was %s)", served.source, served.version, old.version)
+
+    def refused(self, version: str, reason: str) -> None:
+        self.metrics.swaps.labels("refused").inc()
+        log.error("alias moved to version %s, which was refused: %s; still serving version %s", version, reason,
+                  self.served.version)
 
     # ------------------------------------------------------------------ helpers
 
@@ -142,12 +156,13 @@ class App:
                 self.metrics.refusals.labels(model).inc()
 
     def _svgt_field(self, c: Completion) -> dict[str, Any]:
-        return {"module_version": self.served.version, "alias": self.served.alias,
-                "weights_sha256": self.served.weights_sha256,
+        served = c.served or self.served  # the version that decoded this answer
+        return {"module_version": served.version, "alias": served.alias, "weights_sha256": served.weights_sha256,
                 "guided_from": c.guided_from if c.gated else None, "gated": c.gated}
 
-    def _headers(self) -> dict[str, str]:
-        return {VERSION_HEADER: self.served.label}
+    def _headers(self, c: Completion | None = None) -> dict[str, str]:
+        """A stream's headers go out before decoding: they name the version serving at that moment."""
+        return {VERSION_HEADER: (c.served if c is not None and c.served else self.served).label}
 
     def _usage(self, completions: list[Completion]) -> dict[str, int]:
         prompt = sum(c.prompt_tokens for c in completions)
@@ -190,7 +205,7 @@ class App:
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
                                "finish_reason": completion.finish_reason}],
                   "usage": self._usage([completion]), "svgt": self._svgt_field(completion)}
-        return JSONResponse(answer, headers=self._headers())
+        return JSONResponse(answer, headers=self._headers(completion))
 
     async def _chat_stream(self, rid: str, created: int, model: str, request: EngineRequest, future: Any,
                            tokens: asyncio.Queue[int], started: float) -> AsyncIterator[str]:
@@ -256,26 +271,33 @@ class App:
                   "choices": [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
                               for i, c in enumerate(completions)],
                   "usage": self._usage(completions), "svgt": [self._svgt_field(c) for c in completions]}
-        return JSONResponse(answer, headers=self._headers())
+        return JSONResponse(answer, headers=self._headers(completions[0]))
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "svgt"}
                                            for name in self.engine.methods]}
 
 
-def create_app(engine: Engine, served: ServedModule, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI application for ``engine`` (started and stopped with the app)."""
+def create_app(engine: Engine, served: ServedModule, limits: Limits | None = None, poller: Any = None) -> FastAPI:
+    """The FastAPI application for ``engine`` (started and stopped with the app); ``poller`` (an
+    ``svgt.serve.server.AliasPoller``) swaps in the version its alias moves to."""
     metrics = ServeMetrics()
     handlers = App(engine, served, limits or Limits(), metrics)
+    if poller is not None:
+        poller.on_swapped, poller.on_refused = handlers.swapped, handlers.refused
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        if poller is not None:
+            poller.start()
         handlers.ready = True
         try:
             yield
         finally:
             handlers.ready = False
+            if poller is not None:
+                poller.stop()
             engine.stop()
 
     app = FastAPI(title="svgt serve", lifespan=lifespan)

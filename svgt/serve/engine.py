@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from svgt.backbone.runner import BlockRunner
+from svgt.core.errors import Transient
 from svgt.decoding.loop import guided_generate
 from svgt.methods import GuidanceMethod
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
+class QueueFull(Transient):
     """The engine's queue is at ``max_queue``: the caller should retry later."""
 
 
@@ -72,6 +73,7 @@ class Completion:
     refreshes: int
     queued_s: float
     decode_s: float
+    served: Any = None  # what answered: the engine's ``served`` label when this request was decoded
 
 
 def cut_at_stop(tokenizer: Any, token_ids: list[int], stop: Sequence[str]) -> tuple[list[int], str, bool]:
@@ -92,7 +94,8 @@ class Engine:
     """Owns the backbone while serving; ``submit`` is thread-safe and never blocks on decoding."""
 
     def __init__(self, model: Any, tokenizer: Any, methods: dict[str, GuidanceMethod], *, max_batch_size: int = 16,
-                 max_queue: int = 256, on_batch: Callable[[list[Request], list[Completion]], None] | None = None):
+                 max_queue: int = 256, on_batch: Callable[[list[Request], list[Completion]], None] | None = None,
+                 served: Any = None):
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size} and {max_queue}")
         self.model, self.tokenizer, self.methods = model, tokenizer, methods
@@ -106,6 +109,9 @@ class Engine:
         self._paused = False
         self._thread: threading.Thread | None = None
         self._gated: dict[tuple[str, float | None], GuidanceMethod] = {}
+        self.served = served  # a label of what is being served, copied into every Completion
+        self.backbone_sha256: str | None = None  # the backbone's weights checksum, when known (a swap must match it)
+        self._swap: tuple[dict[str, GuidanceMethod], Any, Callable[[], None] | None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,6 +159,23 @@ class Engine:
             self._cond.notify()
         return request.future
 
+    def swap(self, methods: dict[str, GuidanceMethod], served: Any,
+             on_swapped: Callable[[], None] | None = None) -> None:
+        """Serve ``methods`` (labelled ``served``) from the next batch on: the batch decoding now finishes on
+        what it started with; every later batch, queued requests included, gets the new ones."""
+        with self._cond:
+            self._swap = (methods, served, on_swapped)
+            self._cond.notify_all()
+
+    def _apply_swap(self) -> None:
+        with self._cond:
+            pending, self._swap = self._swap, None
+        if pending is not None:
+            self.methods, self.served, done = pending
+            self._gated.clear()
+            if done is not None:
+                done()
+
     def _drain(self) -> list[Request]:
         with self._cond:
             pending = list(self._queue)
@@ -161,10 +184,12 @@ class Engine:
 
     def _next_batch(self) -> list[Request] | None:
         with self._cond:
-            while self._running and (self._paused or not self._queue):
+            while self._running and self._swap is None and (self._paused or not self._queue):
                 self._cond.wait()
             if not self._running:
                 return None
+            if self._swap is not None:  # a swap arrived while waiting: apply it before taking requests
+                return []
             first = self._queue.popleft()
             batch = [first]
             if first.seed is None:
@@ -178,9 +203,12 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
+            self._apply_swap()
             batch = self._next_batch()
             if batch is None:
                 return
+            if not batch:
+                continue
             try:
                 completions = self.decode(batch)
             except BaseException as err:  # one bad batch must not kill the server
@@ -244,5 +272,5 @@ class Engine:
             completions.append(Completion(tokens, text, "stop" if stopped or cut else "length", len(request.prompt_ids),
                                           guided if guided is None or guided < len(tokens) else None,
                                           out.guided_from is not None, len(batch), out.timing.refreshes,
-                                          started - request.enqueued, decode_s))
+                                          started - request.enqueued, decode_s, self.served))
         return completions

@@ -27,6 +27,8 @@ class ServeMetrics:
         self.guided = Counter("svgt_guided_answers", "answers on which the value module's gate opened", ["model"],
                               registry=r)
         self.refusals = Counter("svgt_refusals", "answers the refusal judge reads as refusals", ["model"], registry=r)
+        self.swaps = Counter("svgt_module_swaps", "alias moves acted on: swapped in, or refused (failed verification)",
+                             ["result"], registry=r)
         self.module = Gauge("svgt_module_info", "the value module being served (value 1)",
                             ["version", "alias", "source"], registry=r)
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from svgt.core.errors import BadInput
+
 
 class GuidanceOptions(BaseModel):
     """The ``svgt`` field of a request (``extra_body={"svgt": {...}}`` in the openai client)."""
@@ -66,8 +68,9 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
-class APIError(Exception):
-    """An error answered with an OpenAI-style body: {"error": {"message", "type", "param", "code"}}."""
+class APIError(BadInput):
+    """A request the server answers with an OpenAI-style error body ({"error": {"message", "type", "param",
+    "code"}}) and ``status`` (mostly 4xx: bad input named by ``param``)."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  kind: str = "invalid_request_error", headers: dict[str, str] | None = None):

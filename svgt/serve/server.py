@@ -6,8 +6,10 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from svgt.backbone import load_snapshot
 from svgt.methods import GuidanceMethod, load_method
@@ -46,6 +48,85 @@ def resolve_served_module(uri: str, tracking_uri: str | None) -> tuple[Path, str
     return local, str(version.version), ref.alias
 
 
+def module_methods(module: Any) -> dict[str, GuidanceMethod]:
+    """The models a value module serves: ``svgt``, ``svgt-inject`` and ``none`` (the bare backbone)."""
+    return {"svgt": GuidanceMethod("svgt", module=module), "svgt-inject": GuidanceMethod("svgt-inject", module=module),
+            "none": GuidanceMethod("none", module=module)}
+
+
+def weights_sha256(directory: Path) -> str:
+    return json.loads((Path(directory) / "manifest.json").read_text())["files"].get("weights.safetensors", "")
+
+
+class AliasPoller:
+    """Watches ``models:/NAME@ALIAS``: when the alias moves, downloads and verifies the new version and asks the
+    engine to swap it in between batches. A version that fails verification (checksums, config, another
+    backbone) is refused once, logged and counted; the old one keeps serving."""
+
+    def __init__(self, engine: Engine, served: ServedModule, tracking_uri: str | None, interval: float,
+                 backbone_sha256: str | None = None):
+        if not served.source.startswith("models:/") or served.alias is None:
+            raise ValueError(f"--poll-alias needs --module models:/NAME@ALIAS, got {served.source}")
+        self.engine, self.served, self.interval = engine, served, interval
+        self.tracking_uri = tracking_uri
+        self.backbone_sha256 = backbone_sha256 or engine.backbone_sha256  # a new version must fit this backbone
+        self.refused_versions: set[str] = set()
+        self.on_swapped: Any = None  # (ServedModule) -> None, set by the app
+        self.on_refused: Any = None  # (version, reason) -> None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="svgt-alias-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:  # a registry hiccup must not stop the polling (or the server)
+                log.exception("polling %s failed; trying again in %.0f s", self.served.source, self.interval)
+
+    def check(self) -> str | None:
+        """One poll: the version swapped in, or None."""
+        from svgt.registry.uri import (
+            RegistryError,
+            download_version,
+            mlflow_client,
+            parse_models_uri,
+            resolve_version,
+            tracking_uri_from_env,
+        )
+
+        ref = parse_models_uri(self.served.source)
+        client = mlflow_client(tracking_uri_from_env(self.tracking_uri))
+        version = str(resolve_version(client, ref).version)
+        if version == self.served.version or version in self.refused_versions:
+            return None
+        target = Path(tempfile.mkdtemp(prefix="svgt-serve-"))
+        try:
+            local = download_version(client, ref.name, version, target)
+            module, _ = load_value_module(local, expected_backbone_sha256=self.backbone_sha256)
+        except (RegistryError, ValueError) as err:  # ValueModuleError is a ValueError
+            shutil.rmtree(target, ignore_errors=True)
+            self.refused_versions.add(version)
+            if self.on_refused is not None:
+                self.on_refused(version, str(err))
+            return None
+        baselines = {k: m for k, m in self.engine.methods.items() if m.baseline is not None}
+        served = ServedModule(self.served.source, version, ref.alias, weights_sha256(local))
+        self.served = served
+        callback = self.on_swapped
+        self.engine.swap(module_methods(module) | baselines, served,
+                         on_swapped=(lambda: callback(served)) if callback is not None else None)
+        return version
+
+
 def build_engine(backbone_dir: Path, module_uri: str, *, tracking_uri: str | None = None,
                  baselines_dir: Path | None = None, baselines: Sequence[str] = (), max_batch_size: int = 16,
                  max_queue: int = 256) -> tuple[Engine, ServedModule]:
@@ -53,16 +134,12 @@ def build_engine(backbone_dir: Path, module_uri: str, *, tracking_uri: str | Non
     model, tokenizer, manifest = load_snapshot(backbone_dir)
     directory, version, alias = resolve_served_module(module_uri, tracking_uri)
     module, _ = load_value_module(directory, expected_backbone_sha256=manifest.weights_sha256)
-    sha = json.loads((Path(directory) / "manifest.json").read_text())["files"].get("weights.safetensors", "")
-    methods: dict[str, GuidanceMethod] = {
-        "svgt": GuidanceMethod("svgt", module=module),
-        "svgt-inject": GuidanceMethod("svgt-inject", module=module),
-        "none": GuidanceMethod("none", module=module),
-    }
+    methods = module_methods(module)
     for name in baselines:
         methods[name] = load_method(name, baselines_dir=baselines_dir, backbone_sha256=manifest.weights_sha256)
     engine = Engine(model, tokenizer, methods, max_batch_size=max_batch_size, max_queue=max_queue)
-    return engine, ServedModule(module_uri, version, alias, sha)
+    engine.backbone_sha256 = manifest.weights_sha256
+    return engine, ServedModule(module_uri, version, alias, weights_sha256(directory))
 
 
 def context_length(model: object, default: int = 2048) -> int:
@@ -70,12 +147,14 @@ def context_length(model: object, default: int = 2048) -> int:
     return int(getattr(config, "max_position_embeddings", None) or default)
 
 
-def run_server(engine: Engine, served: ServedModule, *, host: str, port: int, max_tokens: int) -> None:
+def run_server(engine: Engine, served: ServedModule, *, host: str, port: int, max_tokens: int,
+               poll_alias: float | None = None, tracking_uri: str | None = None) -> None:
     import uvicorn
 
     limits = Limits(max_tokens=max_tokens, default_max_tokens=min(128, max_tokens),
                     context_length=context_length(engine.model))
-    app = create_app(engine, served, limits)
+    poller = AliasPoller(engine, served, tracking_uri, poll_alias) if poll_alias else None
+    app = create_app(engine, served, limits, poller)
     log.info("serving %s (version %s) on http://%s:%d/v1 (models: %s)", served.source, served.label, host, port,
              ", ".join(engine.methods))
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

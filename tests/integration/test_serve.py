@@ -11,6 +11,7 @@ import concurrent.futures
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -290,3 +291,93 @@ def test_svgt_serve_command_serves_until_stopped(tiny_pipeline, module_dir):
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status still says how it ended
     assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
     assert PROMPTS[0] not in output  # request text stays out of the logs
+
+
+def test_a_promotion_under_load_swaps_the_version_and_no_request_fails(tiny_pipeline, tmp_path, monkeypatch):
+    """`svgt serve --poll-alias` on a real MLflow registry (SQLite): two clients keep asking while the production
+    alias moves from version 1 to 2: answers switch from version 1's to version 2's, none fails. Then the alias
+    moves to a version whose stored weights were tampered with: it is refused and counted, and version 2 keeps
+    answering."""
+    from svgt.core.params import RegistryConfig
+    from svgt.eval.gates import GateReport, GateResult
+    from svgt.registry.versions import promote, register_module
+    from svgt.serve.server import AliasPoller
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = RegistryConfig(tracking_uri=uri, model_name="serve-test", experiment="serve-test")
+    model, tok, manifest = load_snapshot(tiny_pipeline / "backbone")
+    passed = GateReport(passed=True, results=[GateResult("min_harmful_refusal_gain", 0.4, 0.2, passed=True,
+                                                         skipped=False, message="passed")])
+    modules = {}
+
+    def register(seed: int) -> int:
+        torch.manual_seed(seed)
+        module = ValueModule(ValueModuleConfig(hidden_size=32, layer=2, d_v=16, encoder_heads=2, cross_attn_heads=2,
+                                               num_bridge_tokens=3, refresh_interval=2)).eval()
+        with torch.no_grad():
+            module.bridge.gate.fill_(2.0)
+        directory = save_value_module(module, tmp_path / f"m{seed}", {"backbone_weights_sha256":
+                                                                      manifest.weights_sha256, "data_sha256": "d" * 64})
+        modules[seed] = module
+        return register_module(directory, passed, cfg, params={}, git_commit=None,
+                               artifact_location=str(tmp_path / "artifacts")).version
+
+    assert register(1) == 1 and promote(cfg) == 1
+    want = {v: generate_with_module(model, tok, PROMPTS[:1], module=modules[v], method="svgt",
+                                    max_new_tokens=4).texts[0] for v in (1,)}
+    engine, served = build_engine(tiny_pipeline / "backbone", f"models:/{cfg.model_name}@production",
+                                  tracking_uri=uri, max_batch_size=4, max_queue=64)
+    assert (served.version, served.alias) == ("1", "production")
+    srv = Server(create_app(engine, served, Limits(max_tokens=8, default_max_tokens=4, context_length=160),
+                            AliasPoller(engine, served, uri, interval=0.2)))
+    answers, errors, stop = [], [], threading.Event()
+
+    def load() -> None:
+        client = srv.client()
+        while not stop.is_set():
+            try:
+                r = client.chat.completions.create(model="svgt", max_tokens=4, temperature=0,
+                                                   messages=[{"role": "user", "content": PROMPTS[0]}])
+                answers.append((r.model_extra["svgt"]["module_version"], r.choices[0].message.content))
+            except Exception as err:  # noqa: BLE001 - any failure fails the test below
+                errors.append(err)
+
+    def wait_for(condition, what: str, seconds: float = 60) -> None:
+        deadline = time.time() + seconds
+        while not condition():
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    try:
+        for t in clients:
+            t.start()
+        wait_for(lambda: len(answers) >= 3, "answers from version 1")
+        assert register(2) == 2 and promote(cfg) == 2
+        want[2] = generate_with_module(model, tok, PROMPTS[:1], module=modules[2], method="svgt",
+                                       max_new_tokens=4).texts[0]
+        wait_for(lambda: any(v == "2" for v, _ in answers), "answers from version 2")
+        # a tampered version: the alias is moved without the registry's own verification
+        assert register(3) == 3
+        from mlflow import MlflowClient
+
+        stored = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(cfg.model_name, "3").source
+        weights = Path(stored.removeprefix("file://")) / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+        promote(cfg, version=3, verify=False)
+        wait_for(lambda: 'svgt_module_swaps_total{result="refused"} 1.0' in httpx.get(f"{srv.url}/metrics").text,
+                 "the tampered version to be refused")
+        seen = len(answers)
+        wait_for(lambda: len(answers) >= seen + 2, "answers after the refusal")
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=60)
+        srv.close()
+    assert not errors, errors[:3]
+    assert want[1] != want[2]  # the two versions answer differently, so each answer shows which one decoded it
+    assert {v for v, _ in answers} == {"1", "2"} and answers[-1][0] == "2"
+    for version, text in answers:
+        assert text == want[int(version)], version
