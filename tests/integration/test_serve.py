@@ -150,8 +150,9 @@ def test_a_conversation_is_answered_as_its_rendered_chat_template(server, tiny_p
 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, tiny_pipeline, module_dir):
-    """Eight clients at once (the engine paused until all are queued, so they share one batch): each answer equals
-    the one its prompt gets alone, and the batch-size histogram saw a batch of 8."""
+    """Four clients at once (the engine paused until all are queued, so they share one batch): each answer equals
+    the one its prompt gets alone, the batch-size histogram saw a batch of 4, and a fifth client, finding the
+    queue (max 4) full, gets 429 with Retry-After."""
     want = reference(tiny_pipeline, module_dir, PROMPTS, "svgt", 5).texts
     singles = [reference(tiny_pipeline, module_dir, [p], "svgt", 5).texts[0] for p in PROMPTS[:2]]
     assert singles == want[:2]  # rows of the guided loop are independent
