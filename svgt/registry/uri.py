@@ -138,15 +138,19 @@ def resolve_module_uri(uri: str, tracking_uri: str | None = None) -> Path:
     return path
 
 
-def _resolve_registry(uri: str, tracking_uri: str) -> Path:
-    ref = parse_models_uri(uri)
-    client = mlflow_client(tracking_uri)
-    mv = resolve_version(client, ref)
+def fetch_verified(client: Any, name: str, version: int | str, what: str) -> Path:
+    """Download one model version into a new temp dir and verify it; on any failure nothing is left behind."""
     target = Path(tempfile.mkdtemp(prefix="svgt-module-"))
     try:
-        local = download_version(client, ref.name, mv.version, target)
-        verify_module_dir(local, f"{uri} (version {mv.version})")
+        local = download_version(client, name, version, target)
+        verify_module_dir(local, f"{what} (version {version})")
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # never leave a tampered copy behind for someone to use
         raise
     return local
+
+
+def _resolve_registry(uri: str, tracking_uri: str) -> Path:
+    ref = parse_models_uri(uri)
+    client = mlflow_client(tracking_uri)
+    return fetch_verified(client, ref.name, resolve_version(client, ref).version, uri)

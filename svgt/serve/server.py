@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,13 +23,12 @@ def resolve_served_module(uri: str, tracking_uri: str | None) -> tuple[Path, str
     """(local directory, version, alias): a registry URI is resolved once, so the version named in every answer
     is the one downloaded, even if the alias moves meanwhile."""
     from svgt.registry.uri import (
-        download_version,
+        fetch_verified,
         mlflow_client,
         parse_models_uri,
         resolve_module_uri,
         resolve_version,
         tracking_uri_from_env,
-        verify_module_dir,
     )
 
     if not uri.startswith("models:/"):
@@ -38,13 +36,7 @@ def resolve_served_module(uri: str, tracking_uri: str | None) -> tuple[Path, str
     ref = parse_models_uri(uri)
     client = mlflow_client(tracking_uri_from_env(tracking_uri))
     version = resolve_version(client, ref)
-    target = Path(tempfile.mkdtemp(prefix="svgt-serve-"))
-    try:
-        local = download_version(client, ref.name, version.version, target)
-        verify_module_dir(local, f"{uri} (version {version.version})")
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
+    local = fetch_verified(client, ref.name, version.version, uri)
     return local, str(version.version), ref.alias
 
 
@@ -96,7 +88,7 @@ class AliasPoller:
         """One poll: the version swapped in, or None."""
         from svgt.registry.uri import (
             RegistryError,
-            download_version,
+            fetch_verified,
             mlflow_client,
             parse_models_uri,
             resolve_version,
@@ -108,12 +100,13 @@ class AliasPoller:
         version = str(resolve_version(client, ref).version)
         if version == self.served.version or version in self.refused_versions:
             return None
-        target = Path(tempfile.mkdtemp(prefix="svgt-serve-"))
+        local = None
         try:
-            local = download_version(client, ref.name, version, target)
+            local = fetch_verified(client, ref.name, version, self.served.source)
             module, _ = load_value_module(local, expected_backbone_sha256=self.backbone_sha256)
         except (RegistryError, ValueError) as err:  # ValueModuleError is a ValueError
-            shutil.rmtree(target, ignore_errors=True)
+            if local is not None:  # verified files for another backbone: not kept either
+                shutil.rmtree(local, ignore_errors=True)
             self.refused_versions.add(version)
             if self.on_refused is not None:
                 self.on_refused(version, str(err))
