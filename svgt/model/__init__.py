@@ -1,6 +1,12 @@
 """SVGT value-module networks: encoder, discriminator, value correction, latent value bridge, save/load."""
 
-from svgt.model.bridge import InjectProjector, LatentValueBridge, manifold_regulariser, momentum_update
+from svgt.model.bridge import (
+    InjectProjector,
+    LatentValueBridge,
+    manifold_penalties,
+    manifold_regulariser,
+    momentum_update,
+)
 from svgt.model.config import ValueModuleConfig, ValueModuleError
 from svgt.model.correction import value_correction
 from svgt.model.discriminator import Discriminator
@@ -26,6 +32,7 @@ __all__ = [
     "ValueModuleError",
     "backbone_metadata",
     "load_value_module",
+    "manifold_penalties",
     "manifold_regulariser",
     "momentum_update",
     "save_value_module",

@@ -71,14 +71,19 @@ class LatentValueBridge(nn.Module):
         return self.norm(x) * std + mean
 
 
-def manifold_regulariser(bridge: torch.Tensor, h_v: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
-    """mean over batch and bridge tokens of max(0, | |B_k| / |h_v| - 1 | - margin).
+def manifold_penalties(bridge: torch.Tensor, h_v: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """[B, K]: max(0, | |B_k| / |h_v| - 1 | - margin) per example and bridge token.
 
     Penalises bridge tokens whose energy strays from the anchor's by more than ``margin`` (relative),
     keeping them at a scale the backbone's later layers have seen. ``bridge`` [B, K, d], ``h_v`` [B, d].
     """
     ratio = bridge.norm(dim=-1) / h_v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(h_v.dtype).tiny)
-    return torch.relu((ratio - 1.0).abs() - margin).mean()
+    return torch.relu((ratio - 1.0).abs() - margin)
+
+
+def manifold_regulariser(bridge: torch.Tensor, h_v: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """The mean of :func:`manifold_penalties` over batch and bridge tokens."""
+    return manifold_penalties(bridge, h_v, margin).mean()
 
 
 def momentum_update(old: torch.Tensor | None, new: torch.Tensor, beta: float) -> torch.Tensor:

@@ -6,14 +6,18 @@ import torch
 import torch.nn.functional as F
 
 
-def discrimination_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def discrimination_loss(scores: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Stages 1-2: BCE on the discriminator score (s > 0 means harmful)."""
-    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
+    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype), reduction=reduction)
+
+
+def safety_penalties(scores: torch.Tensor) -> torch.Tensor:
+    """Stage 3, per score: push scores of the guided states below the boundary; positive scores cost 3x."""
+    return F.softplus(scores) + 2.0 * F.relu(scores)
 
 
 def safety_loss(scores: torch.Tensor) -> torch.Tensor:
-    """Stage 3: push scores of the guided states below the boundary; positive scores cost 3x."""
-    return (F.softplus(scores) + 2.0 * F.relu(scores)).mean()
+    return safety_penalties(scores).mean()
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -30,18 +30,12 @@ from svgt.backbone.text import encode_response
 from svgt.data.schema import stage_mask
 from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule
-from svgt.model.bridge import manifold_regulariser
+from svgt.model.bridge import manifold_penalties
+from svgt.training.distributed import MeanTerm, global_means, rank_batches, sum_gradients
 from svgt.training.job import StageJob
 from svgt.training.loop import LoopSpec, Session, run_loop
-from svgt.training.losses import safety_loss, weighted_mean
-from svgt.training.stages import (
-    average_gradients,
-    epoch_batches,
-    initial_module,
-    optimizer_for_stage,
-    shard_for_rank,
-    training_device,
-)
+from svgt.training.losses import safety_penalties
+from svgt.training.stages import initial_module, optimizer_for_stage, training_device
 
 
 @dataclass(frozen=True)
@@ -212,7 +206,7 @@ class BehaviourObjective:
         self._base_cache = (key, base)
         return base
 
-    def _behaviour(self, top, offset: int, batch, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _behaviour(self, top, offset: int, batch, keep: torch.Tensor | None = None) -> dict[str, MeanTerm]:
         """The behaviour term on each kept response token j (tail row ``offset + j``, predicted by the row
         before it): CE on the target token; with ``benign_target="backbone"`` the tokens of benign prompts
         instead take KL(backbone || guided), so the bridge learns to refuse harmful prompts without pulling
@@ -226,7 +220,7 @@ class BehaviourObjective:
         logits = self.runner.logits(top[example, offset + position - 1])
         weight = torch.where(position < self.lead_tokens, self.lead_weight, 1.0)
         token_loss = torch.nn.functional.cross_entropy(logits.float(), targets[use], reduction="none")
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, MeanTerm] = {}
         if self.benign_target == "backbone":
             harmful = torch.tensor([e.harmful for e in batch], device=top.device)[:, None].expand_as(targets)[use]
             kl = torch.zeros_like(token_loss)
@@ -236,21 +230,24 @@ class BehaviourObjective:
                 base = self._backbone_logprobs([batch[i] for i in benign])[use[benign][tmask[benign]]]
                 guided = torch.log_softmax(logits[~harmful].float(), dim=-1)
                 kl[~harmful] = (base.exp() * (base - guided)).sum(-1)
-            out["kl"] = kl.sum() / (~harmful).sum().clamp(min=1)
-            out["ce"] = (token_loss * harmful).sum() / harmful.sum().clamp(min=1)
+            out["kl"] = MeanTerm.of(kl, ~harmful)
+            out["ce"] = MeanTerm.of(token_loss, harmful)
             token_loss = torch.where(harmful, token_loss, kl)
         else:
-            out["ce"] = weighted_mean(token_loss, weight)
-        out["behaviour"] = weighted_mean(token_loss, weight)
+            out["ce"] = MeanTerm.of(token_loss, weight, floor=1e-12)
+        out["behaviour"] = MeanTerm.of(token_loss, weight, floor=1e-12)
         return out
 
-    def _losses(self, top, above, offset: int, batch, prompt, prompt_mask) -> dict[str, torch.Tensor]:
+    def behaviour_names(self) -> tuple[str, ...]:
+        return ("behaviour", "ce", "kl") if self.benign_target == "backbone" else ("behaviour", "ce")
+
+    def _losses(self, top, above, offset: int, batch, prompt, prompt_mask) -> dict[str, MeanTerm]:
         """The behaviour term on every response token and the safety term on the response rows of block l*+1."""
         out = self._behaviour(top, offset, batch)
         targets, tmask = _pad([e.response_ids for e in batch])
         rows = torch.arange(offset, offset + targets.shape[1], device=top.device)
         _, s = self.module.score(above[:, rows], tmask, prompt, prompt_mask)
-        return out | {"safety": safety_loss(s), "score": s.detach().mean()}
+        return out | {"safety": MeanTerm.of(safety_penalties(s)), "score": MeanTerm.of(s.detach())}
 
     def _bridge_forward(self, batch: Sequence[TargetExample]):
         """(bridge [B, K, d], block l*+1 and block L outputs on [B; R], prompt states, prompt mask)."""
@@ -331,6 +328,10 @@ class BehaviourObjective:
         return out
 
     def refresh_losses(self, batch: Sequence[TargetExample], per_example: int) -> dict[str, torch.Tensor] | None:
+        terms = self.refresh_terms(batch, per_example)
+        return None if terms is None else self.with_total(_means(terms), "segment")
+
+    def refresh_terms(self, batch: Sequence[TargetExample], per_example: int) -> dict[str, MeanTerm] | None:
         """The behaviour term under refreshed bridges for ``per_example`` refresh segments drawn at random
         (torch's RNG) from each example's refreshes. None when no example in the batch is long enough to be
         refreshed."""
@@ -339,26 +340,38 @@ class BehaviourObjective:
             count = self.segments(e) - 1
             if count > 0:
                 picks += [(e, int(seg) + 1) for seg in torch.randperm(count)[: per_example]]
-        return self.segment_losses(picks) if picks else None
+        return self.segment_terms(picks) if picks else None
 
     def segment_losses(self, picks: Sequence[tuple[TargetExample, int]]) -> dict[str, torch.Tensor]:
+        return self.with_total(_means(self.segment_terms(picks)), "segment")
+
+    def segment_terms(self, picks: Sequence[tuple[TargetExample, int]]) -> dict[str, MeanTerm]:
         """The behaviour term (CE on refusals, KL to the backbone on benign answers) on the tokens of each
         (example, k): those decoding predicts after its k-th refresh, teacher-forced through [P; B_k; R]."""
         chosen = [e for e, _ in picks]
         bridge, top, keep = self._segment_forward(chosen, [k for _, k in picks])
-        out = self._behaviour(top, bridge.shape[1], chosen, keep)
-        out["total"] = self.w_ce * out["behaviour"]
-        return out
+        return self._behaviour(top, bridge.shape[1], chosen, keep)
+
+    def with_total(self, means: dict, objective: str) -> dict:
+        """``means`` (tensors, or floats for the logs) with the weighted ``total`` the objective minimises."""
+        weights = {"bridge": {"behaviour": self.w_ce, "safety": self.w_safe, "reg": self.w_reg},
+                   "inject": {"behaviour": self.w_ce, "safety": self.w_safe},
+                   "segment": {"behaviour": self.w_ce}}[objective]
+        return means | {"total": sum(w * means[k] for k, w in weights.items())}
 
     def bridge_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
+        return self.with_total(_means(self.bridge_terms(batch)), "bridge")
+
+    def bridge_terms(self, batch: Sequence[TargetExample]) -> dict[str, MeanTerm]:
         bridge, above, top, prompt, prompt_mask = self._bridge_forward(batch)
         h_v = torch.stack([e.prompt_states[-1] for e in batch])
         out = self._losses(top, above, bridge.shape[1], batch, prompt, prompt_mask)
-        out["reg"] = manifold_regulariser(bridge, h_v, self.module.config.reg_margin)
-        out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"] + self.w_reg * out["reg"]
-        return out
+        return out | {"reg": MeanTerm.of(manifold_penalties(bridge, h_v, self.module.config.reg_margin))}
 
     def inject_losses(self, batch: Sequence[TargetExample]) -> dict[str, torch.Tensor]:
+        return self.with_total(_means(self.inject_terms(batch)), "inject")
+
+    def inject_terms(self, batch: Sequence[TargetExample]) -> dict[str, MeanTerm]:
         prompt, prompt_mask = _pad([e.prompt_states for e in batch])
         tails = []
         for i, e in enumerate(batch):
@@ -372,9 +385,40 @@ class BehaviourObjective:
             delta = torch.cat([self.module.inject_delta(z), states.new_zeros(1, states.shape[-1])])
             tails.append(torch.cat([e.prompt_states[-1:], e.response_states]) + delta)
         above, top = self._upper(batch, True, tails)
-        out = self._losses(top, above, 1, batch, prompt, prompt_mask)
-        out["total"] = self.w_ce * out["behaviour"] + self.w_safe * out["safety"]
+        return self._losses(top, above, 1, batch, prompt, prompt_mask)
+
+    def step_terms(self, batch: Sequence[TargetExample], train_inject: bool,
+                   refresh_segments: int) -> dict[str, MeanTerm]:
+        """Every term a training step minimises, by name (``inject_``, ``refresh_`` prefixed); the names depend
+        only on the settings, so every worker's step has the same ones."""
+        terms = dict(self.bridge_terms(batch))
+        if train_inject:
+            terms |= {f"inject_{k}": v for k, v in self.inject_terms(batch).items()}
+        if refresh_segments:
+            device = batch[0].prompt_states.device
+            refreshed = self.refresh_terms(batch, refresh_segments) or {
+                k: MeanTerm.empty(device) for k in self.behaviour_names()}
+            terms |= {f"refresh_{k}": v for k, v in refreshed.items()}
+        return terms
+
+    def step_totals(self, means: dict, train_inject: bool, refresh_segments: int) -> dict:
+        """The step's loss (``total``) and each objective's total, from ``step_terms``' means (tensors or floats)."""
+        parts = {"": "bridge", "inject_": "inject", "refresh_": "segment"}
+        if not train_inject:
+            parts.pop("inject_")
+        if not refresh_segments:
+            parts.pop("refresh_")
+        out = dict(means)
+        for prefix, objective in parts.items():
+            mine = {k[len(prefix):]: v for k, v in means.items() if k.startswith(prefix)} if prefix else means
+            out[f"{prefix}total"] = self.with_total(mine, objective)["total"]
+        out["loss"] = sum(out[f"{p}total"] for p in parts)
         return out
+
+
+def _means(terms: dict[str, MeanTerm]) -> dict[str, torch.Tensor]:
+    """This worker's means (evaluation and tests: no other worker is involved)."""
+    return {k: v.mean() for k, v in terms.items()}
 
 
 def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) -> ValueModule:
@@ -395,8 +439,8 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
     objective = BehaviourObjective(module, runner, (cfg.w_ce, cfg.w_safe, cfg.w_reg),
                                    (cfg.ce_lead_tokens, cfg.ce_lead_weight), cfg.benign_target,
                                    cfg.prefix_cache_mb)
-    train = shard_for_rank(load_targets(store, frame, tokenizer, "train", cfg.max_response_tokens,
-                                        cfg.max_train_rows, t.seed, device), session.rank, session.world_size)
+    train = load_targets(store, frame, tokenizer, "train", cfg.max_response_tokens, cfg.max_train_rows, t.seed,
+                         device)
     val = load_targets(store, frame, tokenizer, "val", cfg.max_response_tokens, cfg.max_val_rows, t.seed, device)
 
     def train_step(batch: list[TargetExample]) -> dict[str, float]:
@@ -404,21 +448,14 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
         module.encoder.eval()
         module.discriminator.eval()
         optimizer.zero_grad(set_to_none=True)
-        out = objective.bridge_losses(batch)
-        loss = out["total"]
-        metrics = {k: float(v.detach()) for k, v in out.items()}
-        if cfg.train_inject:
-            inj = objective.inject_losses(batch)
-            loss = loss + inj["total"]
-            metrics |= {f"inject_{k}": float(v.detach()) for k, v in inj.items()}
-        refreshed = objective.refresh_losses(batch, cfg.refresh_segments) if cfg.refresh_segments else None
-        if refreshed is not None:
-            loss = loss + refreshed["total"]
-            metrics |= {f"refresh_{k}": float(v.detach()) for k, v in refreshed.items()}
-        loss.backward()
-        average_gradients(trainable)
+        # this worker's share of the global batch's means (all of them with one worker)
+        local, logged = global_means(objective.step_terms(batch, cfg.train_inject, cfg.refresh_segments))
+        objective.step_totals(local, cfg.train_inject, cfg.refresh_segments)["loss"].backward()
+        sum_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
+        metrics = objective.step_totals(logged, cfg.train_inject, cfg.refresh_segments)
+        metrics.pop("loss")
         return metrics | {"alpha": float(module.bridge.alpha.detach())}
 
     @torch.no_grad()
@@ -431,6 +468,7 @@ def behaviour_stage(job: StageJob, session: Session, progress_bar: bool = True) 
         return sums
 
     spec = LoopSpec(cfg.epochs, t.checkpoint_every, t.seed, desc="stage 3", select=cfg.select, patience=cfg.patience)
-    run_loop(module, optimizer, spec, lambda e: epoch_batches(train, cfg.batch_size, t.seed, e), train_step,
+    run_loop(module, optimizer, spec,
+             lambda e: rank_batches(train, cfg.batch_size, t.seed, e, session.rank, session.world_size), train_step,
              evaluate, session, progress_bar)
     return module

@@ -20,6 +20,7 @@ from svgt.extract.store import HiddenStateStore
 from svgt.model import ValueModule, ValueModuleConfig, load_value_module
 from svgt.training.checkpoint import module_weights
 from svgt.training.data import SequenceExample, collate, load_stage_examples
+from svgt.training.distributed import MeanTerm, global_means, rank_batches, sum_gradients
 from svgt.training.job import StageJob
 from svgt.training.loop import LoopSpec, Session, run_loop
 from svgt.training.losses import discrimination_loss
@@ -79,29 +80,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def shard_for_rank(items: Sequence, rank: int, world: int) -> list:
-    """Equal-sized shards, so every worker reports the same number of times (Ray Train requires it)."""
-    usable = len(items) // world * world
-    return list(items[rank:usable:world])
-
-
-def epoch_batches(items: Sequence, batch_size: int, seed: int, epoch: int) -> list[list]:
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
-
-
-def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Data parallelism without DDP wrapping (the module is called through methods, not forward)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= dist.get_world_size()
-
-
 STAGE_METRICS = ("accuracy", "f1", "auroc", "n", "positives")  # per validation epoch and test split
 
 
@@ -139,27 +117,30 @@ def discrimination_stage(job: StageJob, session: Session, progress_bar: bool = T
     module = initial_module(job, store).to(device)
     optimizer = optimizer_for_stage(module, job)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    train = shard_for_rank(load_stage_examples(store, frame, view, "train", cfg.max_tokens), session.rank,
-                           session.world_size)
+    train = load_stage_examples(store, frame, view, "train", cfg.max_tokens)
     val = load_stage_examples(store, frame, view, "val", cfg.max_tokens)
 
     def train_step(batch: dict[str, torch.Tensor]) -> dict[str, float]:
         batch = to_device(batch, device)
         _, s = module.score(batch["states"], batch["mask"], batch.get("prompt_states"), batch.get("prompt_mask"))
-        loss = discrimination_loss(s, batch["labels"])
+        # this worker's share of the global batch's mean (all of it with one worker)
+        local, logged = global_means({"loss": MeanTerm.of(discrimination_loss(s, batch["labels"], "none"))})
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(trainable)
+        local["loss"].backward()
+        sum_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
-        return {"loss": float(loss.detach())}
+        return logged
 
     def evaluate() -> dict[str, float]:
         return {f"val_{k}": v for k, v in evaluate_discrimination(module, val).items()}
 
     spec = LoopSpec(cfg.epochs, t.checkpoint_every, t.seed, desc=f"stage {job.stage}")
-    run_loop(module, optimizer, spec, lambda e: [collate(b) for b in epoch_batches(train, cfg.batch_size, t.seed, e)],
-             train_step, evaluate, session, progress_bar)
+    def make_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+        return [collate(b) for b in rank_batches(train, cfg.batch_size, t.seed, epoch, session.rank,
+                                                 session.world_size)]
+
+    run_loop(module, optimizer, spec, make_batches, train_step, evaluate, session, progress_bar)
     return module
 
 

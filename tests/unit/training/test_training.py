@@ -6,10 +6,11 @@ import torch
 from svgt.core.params import ModelConfig, Stage1Config, Stage2Config, TrainConfig
 from svgt.eval.metrics import discrimination_metrics
 from svgt.model import save_value_module
+from svgt.training.distributed import MeanTerm, epoch_batches, global_means, rank_batches
 from svgt.training.job import job_from_params
 from svgt.training.loop import LocalSession
 from svgt.training.losses import safety_loss
-from svgt.training.stages import discrimination_stage, optimizer_for_stage, shard_for_rank
+from svgt.training.stages import discrimination_stage, optimizer_for_stage
 
 MODEL = ModelConfig(d_v=16, encoder_heads=2, cross_attn_heads=2, num_bridge_tokens=3, dropout=0.1)
 TRAIN = TrainConfig(checkpoint_every=3, stage1=Stage1Config(epochs=3, batch_size=8, lr=3e-3),
@@ -37,11 +38,34 @@ def test_safety_loss_values():
     assert safety_loss(torch.tensor([2.0])).item() > 3 * safety_loss(torch.tensor([-2.0])).item()
 
 
-def test_shard_for_rank_is_equal_sized_and_disjoint():
+def test_workers_split_every_global_batch_between_them():
     items = list(range(11))
-    shards = [shard_for_rank(items, r, 3) for r in range(3)]
-    assert [len(s) for s in shards] == [3, 3, 3]
-    assert not set(shards[0]) & set(shards[1])
+    whole = epoch_batches(items, 4, seed=7, epoch=1)
+    assert [len(b) for b in whole] == [4, 4, 3] and sorted(sum(whole, [])) == items
+    assert whole != epoch_batches(items, 4, seed=7, epoch=2)  # reshuffled every epoch
+    slices = [rank_batches(items, 4, 7, 1, rank, 2) for rank in range(2)]
+    # each global batch is split between the two workers: together they hold exactly its rows
+    for step, batch in enumerate(whole):
+        assert sorted(slices[0][step] + slices[1][step]) == sorted(batch)
+        assert abs(len(slices[0][step]) - len(slices[1][step])) <= 1
+    assert rank_batches(items, 4, 7, 1, 0, 1) == whole
+    # with 3 workers the final 3-row batch still gives every worker a row; with 4 it is dropped: every worker
+    # must take every step
+    assert len(rank_batches(items, 4, 7, 1, 2, 3)) == 3
+    assert [len(rank_batches(items, 4, 7, 1, r, 4)) for r in range(4)] == [2, 2, 2, 2]
+
+
+def test_mean_terms_of_two_slices_add_up_to_the_mean_of_the_whole():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    weights = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5])
+    whole = MeanTerm.of(values, weights)
+    assert whole.mean().item() == pytest.approx((1 + 3 + 4 + 5) / 3.5)
+    # a worker's share: its slice's sum over the global count (what global_means gives each worker)
+    parts = [MeanTerm.of(values[:2], weights[:2]), MeanTerm.of(values[2:], weights[2:])]
+    assert sum(p.mean(whole.count) for p in parts).item() == pytest.approx(whole.mean().item())
+    assert MeanTerm.of(values[:0]).mean().item() == 0.0  # an empty term is 0, not NaN
+    local, logged = global_means({"loss": whole})  # one worker: the plain mean
+    assert local["loss"].item() == logged["loss"] == pytest.approx(whole.mean().item())
 
 
 def test_stage1_learns_and_reports_each_epoch(tiny_pipeline, tmp_path):
@@ -71,11 +95,11 @@ def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
     calls = {"n": 0}
     original = stages.discrimination_loss
 
-    def failing_loss(s, y):
+    def failing_loss(s, y, *args):
         calls["n"] += 1
         if calls["n"] == 11:
             raise RuntimeError("worker killed")
-        return original(s, y)
+        return original(s, y, *args)
 
     stages.discrimination_loss = failing_loss
     try:
@@ -93,9 +117,9 @@ def test_stage_resumes_from_last_checkpoint_exactly(tiny_pipeline, tmp_path):
     # (being deterministic) still end with the same weights, so equal weights alone prove nothing
     steps = {"n": 0}
 
-    def counting_loss(s, y):
+    def counting_loss(s, y, *args):
         steps["n"] += 1
-        return original(s, y)
+        return original(s, y, *args)
 
     stages.discrimination_loss = counting_loss
     try:
