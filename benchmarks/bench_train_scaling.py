@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
              f"`python benchmarks/bench_train_scaling.py` on {cores} cores ({platform.platform()}); stage 3 on "
              f"{args.stage3_rows or 'all'} rows, one epoch. Each worker count splits the cores between its workers "
              "and takes the same global batches. Times: `run_stage` (worker start-up, data loading, training, "
-             "validation), Ray started beforehand.", "",
+             "validation), Ray started beforehand. Stages 1-2 with dropout draw other masks for a row on another "
+             "worker: their weights agree in distribution, not to float tolerance (stage 3 trains no dropout).", "",
              "| stage | workers | CPUs/worker | s | steps | s/step | speed-up | max weight diff vs 1 worker |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
