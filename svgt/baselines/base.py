@@ -68,6 +68,11 @@ class Baseline(ABC):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def write_exports(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        """Write the baseline in another tool's format under ``directory`` too (e.g. a peft adapter); returns
+        the files written (relative), which ``baseline.json`` then lists with their checksums."""
+        return []
+
     @classmethod
     @abstractmethod
     def from_saved(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Baseline:
@@ -92,6 +97,8 @@ class Baseline(ABC):
             if tensors:
                 save_safetensors(tensors, tmp / WEIGHTS, metadata={"format": FORMAT, "method": self.method})
                 files[WEIGHTS] = sha256_file(tmp / WEIGHTS)
+            for name in self.write_exports(tmp, payload["metadata"]):
+                files[name] = sha256_file(tmp / name)
             payload["files"] = files
             (tmp / CONFIG).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return directory

@@ -20,6 +20,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +33,7 @@ from svgt.backbone.batching import pad_batch
 from svgt.baselines.activations import Encoding
 from svgt.baselines.base import Baseline, BaselineError
 from svgt.baselines.hooks import block_parts, decoder_blocks, module_path
+from svgt.core.io import save_safetensors
 from svgt.core.params import DPOBaselineConfig
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ def _weight_delta(module: nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor,
     raise BaselineError(f"dpo-lora: cannot merge into a {type(module).__name__} (Linear or Conv1D expected)")
 
 
+PEFT_DIR = "adapter"  # the adapter in peft's format, inside the baseline's directory
+
+
 @dataclass
 class DPOLoRABaseline(Baseline):
     method: ClassVar[str] = "dpo-lora"
@@ -69,6 +74,7 @@ class DPOLoRABaseline(Baseline):
     lora_a: dict[str, torch.Tensor]  # path -> [r, in]
     lora_b: dict[str, torch.Tensor]  # path -> [out, r]
     scaling: float
+    fan_in_fan_out: bool = False  # the targets are GPT-2 style Conv1D layers (weight [in, out])
 
     def __post_init__(self) -> None:
         missing = [t for t in self.targets if t not in self.lora_a or t not in self.lora_b]
@@ -95,7 +101,23 @@ class DPOLoRABaseline(Baseline):
             stack.callback(_restore, weight, original)
 
     def config_dict(self) -> dict[str, Any]:
-        return {"targets": self.targets, "scaling": self.scaling}
+        return {"targets": self.targets, "scaling": self.scaling, "fan_in_fan_out": self.fan_in_fan_out}
+
+    def write_exports(self, directory: Path, metadata: dict[str, Any]) -> list[str]:
+        """The adapter in peft's format under ``adapter/``: ``PeftModel.from_pretrained(backbone,
+        "<dir>/adapter")`` loads it (the same weights ``install`` merges)."""
+        from peft import LoraConfig  # peft is a dependency (DPO trains with it)
+
+        rank = int(next(iter(self.lora_a.values())).shape[0])
+        config = LoraConfig(r=rank, lora_alpha=self.scaling * rank, lora_dropout=0.0, bias="none",
+                            target_modules=list(self.targets), fan_in_fan_out=self.fan_in_fan_out,
+                            task_type="CAUSAL_LM", base_model_name_or_path=metadata.get("backbone_source"))
+        out = directory / PEFT_DIR
+        config.save_pretrained(str(out))
+        tensors = {f"base_model.model.{p}.lora_A.weight": self.lora_a[p].contiguous() for p in self.targets}
+        tensors |= {f"base_model.model.{p}.lora_B.weight": self.lora_b[p].contiguous() for p in self.targets}
+        save_safetensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+        return [f"{PEFT_DIR}/adapter_config.json", f"{PEFT_DIR}/adapter_model.safetensors"]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"{p}.lora_A": self.lora_a[p] for p in self.targets}
@@ -110,6 +132,7 @@ class DPOLoRABaseline(Baseline):
             lora_a={t: tensors[f"{t}.lora_A"] for t in targets},
             lora_b={t: tensors[f"{t}.lora_B"] for t in targets},
             scaling=float(config["scaling"]),
+            fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
         )
 
 
@@ -245,7 +268,8 @@ def fit_dpo(
             param.requires_grad_(requires_grad.get(name, False))
     if restored is not model:
         raise BaselineError("dpo-lora: peft returned a different model object after unloading the adapter")
-    baseline = DPOLoRABaseline(targets=targets, lora_a=lora_a, lora_b=lora_b, scaling=scaling)
+    baseline = DPOLoRABaseline(targets=targets, lora_a=lora_a, lora_b=lora_b, scaling=scaling,
+                               fan_in_fan_out=lora.fan_in_fan_out)
     summary = {
         "pairs": len(encoded),
         "epochs": cfg.epochs,

@@ -86,7 +86,8 @@ def lora_pair(model, seed=0):
         for t in targets:
             model.get_submodule(t).lora_A["default"].weight.copy_(a[t])
             model.get_submodule(t).lora_B["default"].weight.copy_(b[t])
-    return peft_model, DPOLoRABaseline(targets=targets, lora_a=a, lora_b=b, scaling=2.0)
+    return peft_model, DPOLoRABaseline(targets=targets, lora_a=a, lora_b=b, scaling=2.0,
+                                       fan_in_fan_out=cfg.fan_in_fan_out)
 
 
 def make_baselines(model) -> dict:
@@ -382,6 +383,30 @@ def test_dpo_merge_matches_peft_and_is_removed(model, tok):
     assert torch.allclose(merged, expected, atol=1e-4)
     assert (merged - before).abs().max() > 1e-3
     assert torch.equal(logits(model, ids, mask), before)
+
+
+def test_saved_dpo_baseline_is_a_peft_adapter_that_peft_loads(model, tok, tmp_path):
+    from peft import PeftModel
+
+    from svgt.baselines.base import BaselineError, load_baseline
+
+    ids, mask = ids_of(tok)
+    peft_model, dpo = lora_pair(model)
+    peft_model.unload()
+    with dpo.applied(model):
+        merged = logits(model, ids, mask)
+    dpo.save(tmp_path / "dpo-lora", {"backbone_source": "tiny", "backbone_sha256": "x"})
+    adapter = tmp_path / "dpo-lora" / "adapter"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    loaded = PeftModel.from_pretrained(model, str(adapter))
+    with torch.no_grad():
+        got = loaded(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    torch.testing.assert_close(got, merged, atol=1e-4, rtol=0)  # peft runs the same adapter our merge applies
+    assert (got - logits(loaded.unload(), ids, mask)).abs().max() > 1e-3
+    # the adapter files are listed with their checksums: a modified one is refused
+    (adapter / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text().replace("8", "9"))
+    with pytest.raises(BaselineError, match=r"adapter_config.json: checksum"):
+        load_baseline(tmp_path / "dpo-lora")
 
 
 TOY_PAIRS = [
