@@ -6,6 +6,8 @@ JSON beside it carries the same numbers for metrics tracking (DVC/MLflow), so th
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +299,19 @@ def render_card(summary: dict[str, Any], provenance: Provenance, extraction: dic
 def summary_path(card_path: str | Path) -> Path:
     """Where the JSON twin of a card lives: CARD.md -> CARD.json."""
     return Path(card_path).with_suffix(".json")
+
+
+def summary_beside(data_path: str | Path) -> dict[str, Any] | None:
+    """The dataset card's JSON summary next to a canonical Parquet file (``svgt ingest --card DIR/CARD.md`` writes
+    ``DIR/CARD.json`` beside ``DIR/values.parquet``), or None when there is none."""
+    path = Path(data_path).with_name("CARD.json")
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    return data if isinstance(data, dict) else None
 
 
 def write_dataset_card(df: pd.DataFrame, provenance: Provenance, path: str | Path) -> dict[str, Any]:

@@ -4,10 +4,13 @@ A saved module is a directory written atomically (whole or not at all)::
 
     weights.safetensors  the state dict (safetensors only: no pickle is ever loaded)
     config.json          {"format", "config": ValueModuleConfig, "metadata": {backbone hash, data version, ...}}
-    manifest.json        {"format", "files": {name: sha256}} over the two files above
+    README.md            the model card (svgt.model.card), as the Hugging Face Hub shows it
+    manifest.json        {"format", "files": {name: sha256}} over the files above
 
 Loading verifies every checksum, refuses a module trained on a different backbone (by weights hash),
 and loads the weights strictly, so a module never runs silently against the wrong model or config.
+``ValueModule.save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` are the Hugging Face-style names for the
+same format; ``from_pretrained`` also takes a Hub repo id (downloaded with huggingface_hub, then verified).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 
 from svgt.core.io import MANIFEST, atomic_dir, file_checksums, save_safetensors, sha256_file, write_json_atomic
 from svgt.model.bridge import InjectProjector, LatentValueBridge
+from svgt.model.card import CARD, model_card
 from svgt.model.config import ValueModuleConfig, ValueModuleError
 from svgt.model.correction import value_correction
 from svgt.model.discriminator import Discriminator
@@ -51,6 +55,40 @@ class ValueModule(nn.Module):
         self.bridge = LatentValueBridge(config.hidden_size, config.d_v, config.num_bridge_tokens, config.gate_init,
                                         config.bridge_retrieval, config.bridge_heads)
         self.inject = InjectProjector(config.hidden_size, config.d_v)
+        self.metadata: dict[str, Any] = {}  # what the saved module records (backbone, data, training); see save
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None,
+                        data_card: dict[str, Any] | None = None) -> Path:
+        """Write the module (weights, config, model card, manifest) atomically; ``metadata`` defaults to what
+        it was loaded with."""
+        return save_value_module(self, directory, self.metadata if metadata is None else metadata, data_card)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, revision: str | None = None,
+                        expected_backbone_sha256: str | None = None, device: str | torch.device = "cpu",
+                        cache_dir: str | Path | None = None, token: str | None = None) -> ValueModule:
+        """A saved module from a local folder or a Hugging Face Hub repo id (``org/name``, at ``revision``),
+        verified like :func:`load_value_module` (checksums, backbone hash); its metadata is ``.metadata``."""
+        local = Path(name_or_path)
+        if not local.exists():
+            local = _download_from_hub(str(name_or_path), revision, cache_dir, token)
+        return load_value_module(local, expected_backbone_sha256, device)[0]
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, commit_message: str = "Upload SVGT value module") -> str:
+        """Upload the module (as ``save_pretrained`` writes it) to a Hub model repo, creating the repo if needed;
+        returns the commit URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="svgt-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "module")
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                       revision=revision, commit_message=commit_message)
+        return str(getattr(commit, "commit_url", commit))
 
     def score(
         self,
@@ -129,16 +167,38 @@ def backbone_metadata(manifest: BackboneManifest) -> dict[str, Any]:
     }
 
 
-def save_value_module(module: ValueModule, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``module`` to ``directory`` atomically (replacing an existing one only on success)."""
+def save_value_module(module: ValueModule, directory: str | Path, metadata: dict[str, Any] | None = None,
+                      data_card: dict[str, Any] | None = None) -> Path:
+    """Write ``module`` to ``directory`` atomically (replacing an existing one only on success), with its model
+    card (``data_card``: the dataset card's JSON, summarised in the model card when given)."""
     directory = Path(directory)
     config_text = _config_json(module.config, metadata or {})
+    card = model_card(module.config, metadata or {}, data_card)
     state = {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
     with atomic_dir(directory) as tmp:
         save_safetensors(state, tmp / WEIGHTS, metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
+        (tmp / CARD).write_text(card, encoding="utf-8")
         write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "files": file_checksums(tmp)})
     return directory
+
+
+def _download_from_hub(repo_id: str, revision: str | None, cache_dir: str | Path | None,
+                       token: str | None) -> Path:
+    """The repo's module files in the local Hub cache (only what a module holds is fetched)."""
+    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
+        raise ValueModuleError(f"{repo_id}: no such folder, and not a Hub repo id (org/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                 allow_patterns=[WEIGHTS, CONFIG, CARD, MANIFEST])
+    except RepositoryNotFoundError:
+        raise ValueModuleError(f"{repo_id}: no such Hub repo (or no access to it)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise ValueModuleError(f"{repo_id}: could not download it from the Hub: {err}") from None
+    return Path(path)
 
 
 def load_value_module(
@@ -160,6 +220,7 @@ def load_value_module(
         _check_backbone(directory, metadata, expected_backbone_sha256)
     module = ValueModule(config)
     _load_weights(module, directory / WEIGHTS)
+    module.metadata = metadata
     return module.to(device).eval(), metadata
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from svgt.backbone.snapshot import load_snapshot
 from svgt.core.io import sha256_file, without_timings, write_json_atomic, write_text_atomic
 from svgt.core.params import Params
+from svgt.data.card import summary_beside
 from svgt.extract.store import HiddenStateStore
 from svgt.model import save_value_module
 from svgt.model.module import load_value_module
@@ -131,7 +132,7 @@ def train_stage(
         "metrics": _finite(_what_it_produced(metrics)),
         "history": [_finite(_what_it_produced(h)) for h in outcome.history],
     }
-    save_value_module(outcome.module, out_dir, metadata)
+    save_value_module(outcome.module, out_dir, metadata, data_card=summary_beside(data_path))
     write_json_atomic(metrics_dir / f"stage{stage}.json", _finite(metrics))
     write_text_atomic(plots_dir / f"stage{stage}.csv", _curve_csv(outcome.history))
     log.info("stage %d done in %.0fs (Ray Train run %s): %s", stage, train_seconds, outcome.run_path,

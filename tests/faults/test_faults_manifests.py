@@ -97,6 +97,7 @@ def test_extraction_shards_and_modules_are_verified(tiny_pipeline, tmp_path):
         {"stage": 1},
     )
     assert sorted(json.loads((module_dir / "manifest.json").read_text())["files"]) == [
+        "README.md",
         "config.json",
         "weights.safetensors",
     ]

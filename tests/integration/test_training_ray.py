@@ -122,6 +122,13 @@ def test_train_cli_exports_module_and_metrics(tiny_pipeline, tmp_path, repo_root
         tmp_path / "plots/stage1.csv").read_text().splitlines()[0]
     module, meta = load_value_module(tmp_path / "m2")
     assert meta["stage"] == 2 and meta["layer"] == 2 and len(meta["history"]) == 1
+    # the exported folder is a Hugging Face-style module with its model card
+    from svgt.model import ValueModule
+
+    again = ValueModule.from_pretrained(tmp_path / "m2", expected_backbone_sha256=meta["backbone_weights_sha256"])
+    assert again.metadata == meta
+    card = (tmp_path / "m2" / "README.md").read_text()
+    assert "curriculum stage 2" in card and "| `test_pair_auroc` |" in card
     # the module directory records no timings and no absolute paths: rerunning the stage on the same inputs
     # writes the same bytes, so DVC reruns nothing downstream
     assert "train_seconds" not in meta["metrics"] and (tmp_path / "ray" / meta["ray_run"]).is_dir()

@@ -491,7 +491,10 @@ def test_save_load_round_trip_gives_identical_logits(model, tok, tmp_path):
             assert torch.equal(logits(model, ids, mask), expected), method
         payload = json.loads((tmp_path / method / "baseline.json").read_text())
         assert payload["method"] == method and payload["metadata"] == {"note": "test"}
-        assert set(payload["files"]) == (set() if method == "system-prompt" else {"weights.safetensors"})
+        expected = set() if method == "system-prompt" else {"weights.safetensors"}
+        if method == "dpo-lora":  # also a peft adapter
+            expected |= {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+        assert set(payload["files"]) == expected
 
 
 @pytest.mark.faults

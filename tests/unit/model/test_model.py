@@ -448,7 +448,7 @@ def _rewrite(path, name: str, data: dict) -> None:
 def test_save_load_roundtrip(tmp_path):
     metadata = {BACKBONE_SHA256: SHA_A, "data_version": "v3", "metrics": {"auroc": 0.9}}
     m, path = _saved(tmp_path, metadata)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", MANIFEST, "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", MANIFEST, "weights.safetensors"]
     loaded, meta = load_value_module(path, expected_backbone_sha256=SHA_A)
     assert meta == metadata and loaded.config == m.config and not loaded.training
     for a, b in zip(_outputs(m), _outputs(loaded), strict=True):

@@ -127,7 +127,8 @@ def test_register_creates_version_with_challenger_tags_and_no_secrets(tmp_path, 
     assert run.data.metrics["gate.min_harmful_refusal_gain"] == pytest.approx(0.4)
     assert "nan_metric" not in run.data.metrics
     logged = {f.path for f in client.list_artifacts(reg.run_id, "value_module")}
-    assert logged == {"value_module/weights.safetensors", "value_module/config.json", "value_module/manifest.json"}
+    assert logged == {"value_module/weights.safetensors", "value_module/config.json", "value_module/README.md",
+                      "value_module/manifest.json"}
 
     # the secret from the environment (and pasted into params) appears in no param, tag or description
     rm = client.get_registered_model(cfg.model_name)
