@@ -8,6 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
@@ -47,12 +48,19 @@ def tiny_config(family: str, vocab_size: int, num_layers: int = 4):
     common = dict(vocab_size=vocab_size)
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=num_layers, n_head=4, n_positions=512, **common)
+    if family == "gemma3":  # sliding-window and global layers with different rotary bases; a 4-token window
+        types = ["sliding_attention", "full_attention"] * (num_layers // 2) + ["sliding_attention"] * (num_layers % 2)
+        return Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                                sliding_window=4, layer_types=types, tie_word_embeddings=False, **common)
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
     return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, **common)
 
 
 FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+# a decoder whose layer types differ in attention window and rotary base (Gemma 3): the runner's own tests
+EXTRA_FAMILIES = ("gemma3",)
 
 
 def make_model(family: str, vocab_size: int, num_layers: int = 4, seed: int = 0):

@@ -17,7 +17,7 @@ the four pieces it needs, each driven through the model's own modules (no forwar
   ``get_output_embeddings()``; the probe checks that norm + head reproduce the model's logits, so a model
   that post-processes logits (soft-capping, scaling) is refused instead of silently mis-scored.
 
-All architecture-specific knowledge lives in ``_probe`` and ``_mask_builders`` below.
+All architecture-specific knowledge lives in ``_probe``, ``_mask_builders`` and ``_rotary_by_layer_type`` below.
 
 Cache: a config-less ``DynamicCache`` keeps every layer as a plain, croppable ``DynamicLayer``; sliding
 window attention (Mistral) is applied by the mask instead of by evicting keys, so any layer can be
@@ -26,6 +26,7 @@ cropped back to the prompt at a bridge refresh, at the cost of keeping keys beyo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,9 @@ from svgt.backbone.adapter import LayerAdapter
 from svgt.core.errors import BadInput
 
 MaskBuilder = Callable[..., Any]
-PositionEmbeddings = tuple[torch.Tensor, ...] | None
+# rotary (cos, sin); or, for models whose layer types use different rotary bases (Gemma 3: local sliding-window
+# layers and global ones), one (cos, sin) per layer type
+PositionEmbeddings = tuple[torch.Tensor, ...] | dict[str, tuple[torch.Tensor, ...]] | None
 
 # the layer kinds whose masks we know how to build; anything else (chunked, linear attention...) is refused
 _MASK_BY_LAYER_TYPE: dict[str, MaskBuilder] = {
@@ -57,21 +60,38 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass early."""
 
 
+def _layer_types(config: Any, num_layers: int) -> list[str]:
+    text_config = config.get_text_config()
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is None:
+        sliding = getattr(text_config, "sliding_window", None) is not None
+        layer_types = ["sliding_attention" if sliding else "full_attention"] * num_layers
+    return list(layer_types[:num_layers])
+
+
+def _rotary_by_layer_type(model: nn.Module, layer_types: list[str]) -> nn.Module | None:
+    """The model's rotary module when it computes different embeddings per layer type (its forward takes a
+    ``layer_type``, as Gemma 3's does); None when one rotary embedding serves every block."""
+    if len(set(layer_types)) < 2:
+        return None
+    for module in model.modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and \
+                "layer_type" in inspect.signature(module.forward).parameters:
+            return module
+    return None
+
+
 def _mask_builders(config: Any, num_layers: int) -> list[MaskBuilder]:
     """One masking_utils builder per decoder layer, chosen as ``create_masks_for_generate`` does.
 
     We cannot call ``create_masks_for_generate`` itself: the lower and upper blocks hold caches of
     different lengths, so every mask must be sized against an explicit ``layer_idx``.
     """
-    text_config = config.get_text_config()
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is None:
-        sliding = getattr(text_config, "sliding_window", None) is not None
-        layer_types = ["sliding_attention" if sliding else "full_attention"] * num_layers
+    layer_types = _layer_types(config, num_layers)
     unknown = sorted(set(layer_types) - set(_MASK_BY_LAYER_TYPE))
     if unknown:
         raise RunnerError(f"unsupported attention layer types {unknown}")
-    return [_MASK_BY_LAYER_TYPE[t] for t in layer_types[:num_layers]]
+    return [_MASK_BY_LAYER_TYPE[t] for t in layer_types]
 
 
 @dataclass(frozen=True)
@@ -239,6 +259,8 @@ class BlockRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._mask_builders = _mask_builders(model.config, self.num_layers)
+        self._layer_types = _layer_types(model.config, self.num_layers)
+        self._typed_rotary = _rotary_by_layer_type(model, self._layer_types)
         probe = _probe(model, self.layers, self.device)
         self.final_norm = probe.final_norm
         self.lm_head = model.get_output_embeddings()
@@ -272,6 +294,10 @@ class BlockRunner:
             handle.remove()
         if "hidden" not in captured:
             raise RunnerError("block 1 never ran during the embedding pass")
+        if self._typed_rotary is not None and captured["pe"] is not None:
+            # block 1 received its own layer type's embeddings; blocks of another type need theirs
+            captured["pe"] = {t: self._typed_rotary(captured["hidden"], position_ids, t)
+                              for t in sorted(set(self._layer_types))}
         return captured["hidden"], captured["pe"]
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -310,7 +336,9 @@ class BlockRunner:
                 masks[builder] = self._mask(builder, hidden, attention_mask, cache, position_ids, i)
             kwargs: dict[str, Any] = {"attention_mask": masks[builder], "position_ids": position_ids,
                                       "past_key_values": cache, "use_cache": cache is not None}
-            if position_embeddings is not None:
+            if isinstance(position_embeddings, dict):
+                kwargs["position_embeddings"] = position_embeddings[self._layer_types[i]]
+            elif position_embeddings is not None:
                 kwargs["position_embeddings"] = position_embeddings
             out = self.layers[i](hidden, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out

@@ -21,7 +21,7 @@ from svgt.backbone.batching import pad_batch
 from svgt.backbone.runner import BlockRunner
 from svgt.decoding.loop import GenerationError, GuidanceSchedule, guided_generate, nucleus_mask, select_next
 from svgt.decoding.reference import reference_guided_logits
-from tests.tiny import FAMILIES, make_tokenizer, tiny_config
+from tests.tiny import EXTRA_FAMILIES, FAMILIES, make_tokenizer, tiny_config
 
 LAYER = 2  # l* of the 4-layer tiny models: blocks 1-2 below the bridge, 3-4 above
 K = 3
@@ -80,7 +80,7 @@ def max_logit_diff(a, b) -> float:
 # ---------------------------------------------------------------- the runner itself
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + EXTRA_FAMILIES)
 def test_runner_reproduces_model_forward_with_and_without_cache(family):
     model, run = sharp_model(family), runner(family)
     ids, mask = pad_batch([[5, 6, 7, 8, 9, 10], [7, 8, 11]], pad_id=1, padding_side="left")
@@ -142,7 +142,7 @@ def test_batched_rows_equal_rows_run_alone(family):
 # ---------------------------------------------------------------- (c) no guidance == HF generate
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + EXTRA_FAMILIES)
 def test_unguided_equals_hf_generate(family):
     tok = tokenizer()
     out = generate(family, None, max_new_tokens=12, stop_token_ids=None)  # default: stop at EOS
