@@ -487,9 +487,23 @@ def test_docs_use_the_cli_and_the_shared_checkout():
 # ---------------------------------------------------------------- Dockerfile
 
 
+def docker_stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's build stages by name (``FROM image AS name``), each with its instructions."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    for instr, rest in dockerfile():
+        if instr == "FROM":
+            parts = rest.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else f"stage{len(stages)}"
+            stages[name] = []
+        stages[name].append((instr, rest))
+    return stages
+
+
 def test_dockerfile_base_and_user():
     steps = dockerfile()
-    froms = [rest.split()[0] for instr, rest in steps if instr == "FROM"]
+    stages = docker_stages()
+    # every base is an official python image, except a stage built on an earlier one
+    froms = [rest.split()[0] for instr, rest in steps if instr == "FROM" and rest.split()[0] not in stages]
     assert froms
     requires = SpecifierSet(pyproject()["project"]["requires-python"])
     for image in froms:
@@ -503,9 +517,28 @@ def test_dockerfile_base_and_user():
     users = [rest for instr, rest in steps if instr == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0"), "the image must not run as root"
     assert docker_useradd()[-1] == users[-1] and docker_uid() != 0
-    entry = [json.loads(rest) for instr, rest in steps if instr == "ENTRYPOINT"]
+    # the worker image (the first stage, which KubeRay runs) passes the container command through, for Ray
+    worker = next(iter(stages.values()))
+    entry = [json.loads(rest) for instr, rest in worker if instr == "ENTRYPOINT"]
     assert not entry or entry[-1][-1] == "--", "ENTRYPOINT must pass the container command through (for Ray)"
     assert not any("svgt" in part for e in entry for part in e)
+
+
+def test_dockerfile_server_target_runs_svgt_serve_on_the_port_it_exposes():
+    stages = docker_stages()
+    assert "server" in stages and stages["server"][0][1].split()[0] in stages, "server builds on the worker image"
+    steps = stages["server"]
+    entry = next(json.loads(rest) for instr, rest in steps if instr == "ENTRYPOINT")
+    cmd = next(json.loads(rest) for instr, rest in steps if instr == "CMD")
+    argv = entry[entry.index("--") + 1:] + cmd
+    assert argv[:2] == ["svgt", "serve"] and check_command(argv) == "svgt"  # the real parser accepts it
+    port = argv[argv.index("--port") + 1]
+    assert argv[argv.index("--host") + 1] == "0.0.0.0", "inside a container the server must listen on every interface"
+    assert [rest for instr, rest in steps if instr == "EXPOSE"] == [port]
+    health = next(rest for instr, rest in steps if instr == "HEALTHCHECK")
+    assert f"http://127.0.0.1:{port}/ready" in health
+    # svgt reads params.yaml from its working directory
+    assert ("COPY", "params.yaml ./") in steps and any(instr == "WORKDIR" for instr, _ in steps)
 
 
 def test_dockerfile_installs_with_constraints():
@@ -725,4 +758,9 @@ def test_readme_builds_the_image_the_cluster_runs():
     image = next(c["image"] for _, _, pod in ray_groups() for c in pod["containers"])
     for argv in builds:
         assert (REPO / argv[argv.index("-f") + 1]) == DOCKERFILE and argv[-1] == "."
+        if "--target" in argv:  # another target of the same Dockerfile (the server image)
+            target = argv[argv.index("--target") + 1]
+            assert target in docker_stages(), f"docker build --target {target}: no such stage"
+            assert argv[argv.index("-t") + 1] == image.replace("svgt-worker", f"svgt-{target}")
+            continue
         assert argv[argv.index("-t") + 1] == image, "README builds a different image than raycluster.yaml runs"
